@@ -1,0 +1,1 @@
+"""Framework-independent core: configs, data, matching, box ops, evaluation, logging (numpy only)."""
