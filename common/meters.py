@@ -1,6 +1,7 @@
 """Running averages of training numbers (plain floats), for log lines and metrics.jsonl."""
+import re
 from collections import defaultdict, deque
-from typing import Dict
+from typing import Dict, List
 
 
 class Meters:
@@ -35,3 +36,9 @@ class Meters:
         s = self.smoothed()
         keys = keys if keys is not None else sorted(s)
         return "  ".join(f"{k} {s[k]:.4f}" for k in keys if k in s)
+
+
+def log_keys(values: Dict[str, float]) -> List[str]:
+    """The total and the last-layer terms (`loss_ce`, `loss_bbox_dn`...) of a loss dict; the per-layer terms
+    (`loss_ce_0`...) are left to metrics.jsonl."""
+    return ["loss"] + sorted(k for k in values if k != "loss" and not re.search(r"_\d+$", k))

@@ -1,0 +1,101 @@
+"""The `model` section of the config schema: every switch of the DAC-DETR family, defaults = the release.
+
+Defaults reproduce the official DAC-DETR R50 12-epoch recipe (github huzhengdongcs/DAC-DETR,
+configs/r50_deformplus_cdn_ice_ep12.sh: two-stage Deformable-DETR with box refinement, mixed query
+selection, look-forward-twice, 900 queries, dropout 0, CDN denoising and the IoU-aware "ice" loss). The
+other variants are the same model with switches off, so that each differs from the next by one idea:
+
+    deformable_detr   dn.enabled=false, dac.enabled=false, loss.type=focal: the release's own baseline
+                      ("deformplus", H-DETR's Deformable-DETR++: mixed selection and look-forward-twice kept);
+                      the original paper's model also sets mixed_selection=false, look_forward_twice=false,
+                      num_queries=300, dropout=0.1, dim_feedforward=1024
+    dino              dac.enabled=false, loss.type=focal          (+ contrastive denoising)
+    dac_cdn           loss.type=focal                             (+ the C-decoder)
+    dac_cdn_ice       the defaults                                (+ the IoU-aware loss)
+"""
+from common.config.fields import Field as F
+
+MODEL = {
+    "num_classes": F(int, None, "number of classes (null: the number of categories in the training annotations)"),
+    "backbone": {
+        "name": F(str, "resnet50", "ResNet depth (torchvision layout, FrozenBatchNorm)",
+                  choices=["resnet18", "resnet34", "resnet50", "resnet101"]),
+        "pretrained": F(str, None, "path to a torchvision ImageNet state dict (.pth/.pt/.safetensors; fc.* is "
+                                   "ignored); null: random init"),
+        "frozen_stages": F(int, 1, "stages not trained: -1 none, 0 the stem, 1 stem + layer1 (DETR), ... 4 all; "
+                                   "use -1 when training from random init"),
+        "norm": F(str, "frozen_bn", "normalization layers: frozen_bn (pretrained weights), bn (trainable "
+                                    "BatchNorm) or gn (GroupNorm(32): for training from random init)",
+                  choices=["frozen_bn", "bn", "gn"]),
+        "dilation": F(bool, False, "replace the stride of layer4 by dilation (DC5; resnet50/101 only)"),
+    },
+    "hidden_dim": F(int, 256, "transformer width (a multiple of 32 because of GroupNorm(32) in input_proj)"),
+    "nheads": F(int, 8, "attention heads (deformable and self-attention)"),
+    "num_feature_levels": F(int, 4, "feature levels: C3, C4, C5, then stride-2 3x3 convs on C5 (1: C5 only)"),
+    "enc_layers": F(int, 6, "deformable encoder layers"),
+    "dec_layers": F(int, 6, "decoder layers (each with its own class / box head)"),
+    "dim_feedforward": F(int, 2048, "FFN hidden size in encoder and decoder layers"),
+    "dropout": F(float, 0.0, "dropout in the transformer (the release trains with 0)"),
+    "enc_n_points": F(int, 4, "sampling points per head and level in encoder deformable attention"),
+    "dec_n_points": F(int, 4, "sampling points per head and level in decoder cross-attention"),
+    "num_queries": F(int, 900, "object queries (= two-stage proposals kept)"),
+    "two_stage": F(bool, True, "queries from the top-scoring encoder proposals (false: learned queries; "
+                               "then dn must be off)"),
+    "mixed_selection": F(bool, True, "two-stage: learned content queries + positional part from the proposals "
+                                     "(false: both parts from the proposals)"),
+    "look_forward_twice": F(bool, True, "a layer's box loss also updates the previous layer's box (undetached)"),
+    "pe_temperature": F(float, 10000.0, "temperature of the sine position encoding"),
+    "deform_attn_backend": F(str, "auto", "multi-scale deformable attention: kernel (compiled), reference "
+                                          "(grid_sample) or auto (kernel when it builds)",
+                             choices=["auto", "kernel", "reference"]),
+    "dn": {
+        "enabled": F(bool, True, "denoising queries in training (needs two_stage)"),
+        "number": F(int, 100, "denoising budget: groups = max(1, number // max GT per image)"
+                              " (contrastive), else number groups"),
+        "label_noise_ratio": F(float, 0.5, "a noised label is replaced by a random class with probability "
+                                           "label_noise_ratio / 2 (DINO's convention)"),
+        "box_noise_scale": F(float, 0.4, "box corner jitter, in half box sizes (the release hard-codes 0.4; "
+                                         "DINO's default is 1.0)"),
+        "contrastive": F(bool, True, "CDN (DINO): each group adds negatives pushed 1-2 half-sizes away and the "
+                                     "group count adapts to the GT count; false: plain DN (positives only, "
+                                     "`number` fixed groups)"),
+    },
+    "dac": {
+        "enabled": F(bool, True, "train the cross-attention-free C-decoder stream (no new parameters)"),
+        "k": F(int, 6, "one-to-many: at most k queries per GT"),
+        "threshold": F(float, 0.4, "one-to-many: quality threshold of a positive"),
+        "iou_weight": F(float, 0.7, "one-to-many quality = iou_weight * IoU + (1 - iou_weight) * class prob"),
+        "positive_fraction": F(float, 0.25, "one-to-many: positives are capped at positive_fraction * "
+                                            "sample_queries per image"),
+        "sample_queries": F(int, 300, "query count the positive cap is computed from (the release hard-codes "
+                                      "300, so 75 positives, whatever num_queries is); null: num_queries",
+                            nullable=True),
+        "assign_boxes": F(str, "o_decoder", "boxes in the one-to-many quality: o_decoder (the release: C-decoder "
+                                            "scores with O-decoder boxes of the same layer) or c_decoder",
+                          choices=["o_decoder", "c_decoder"]),
+        "loss_norm": F(float, 3.0, "C-decoder one-to-many losses are divided by loss_norm * num_boxes"),
+    },
+    "loss": {
+        "type": F(str, "ice", "decoder classification loss: focal (sigmoid focal) or ice (IoU-aware BCE of the "
+                              "release, which also weights one-to-many box losses by rank)",
+                  choices=["focal", "ice"]),
+        "focal_alpha": F(float, 0.25, "focal loss alpha"),
+        "focal_gamma": F(float, 2.0, "focal loss gamma; also the exponent of the ice negative weight p^gamma"),
+        "ice_alpha": F(float, 0.25, "ice target t = p^ice_alpha * IoU^(1 - ice_alpha)"),
+        "rank_tau": F(float, 1.5, "ice: one-to-many positive of rank r (by t, within its GT) gets exp(-r / tau)"),
+        "class_weight": F(float, 1.0, "weight of the classification losses"),
+        "bbox_weight": F(float, 5.0, "weight of the L1 box losses"),
+        "giou_weight": F(float, 2.0, "weight of the GIoU losses"),
+        "enc_class_weight": F(float, 2.0, "weight of the encoder proposal classification loss (release: 2)"),
+    },
+    "matcher": {
+        "cost_class": F(float, 2.0, "Hungarian cost of the focal class term"),
+        "cost_bbox": F(float, 5.0, "Hungarian cost of the L1 box term"),
+        "cost_giou": F(float, 2.0, "Hungarian cost of the GIoU term"),
+    },
+    "postprocess": {
+        "num_select": F(int, 300, "detections kept per image (top-k over queries x classes)"),
+        "nms_iou": F(float, None, "class-wise NMS IoU threshold (null: no NMS; the release evaluates with 0.8)"),
+        "pre_nms_topk": F(int, 10000, "with NMS: candidates (query, class) pairs considered before NMS"),
+    },
+}

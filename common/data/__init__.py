@@ -1,0 +1,1 @@
+"""COCO data pipeline: dataset (coco.py), transforms, collate, multi-process loader, builders (numpy/PIL only)."""

@@ -1,0 +1,1 @@
+"""PyTorch model tree: DAC-DETR and its relatives (models/), training and evaluation on top of common/."""

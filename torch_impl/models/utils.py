@@ -1,0 +1,43 @@
+"""Small helpers shared by the model files: inverse sigmoid, numpy targets -> tensors, seeded numpy RNG."""
+import numpy as np
+import torch
+
+
+def inverse_sigmoid(x, eps=1e-5):
+    """logit(x) with x clamped to [eps, 1 - eps] so saturated boxes stay finite. x [...] -> [...]."""
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def _array(x, dtype):
+    """A numpy array or tensor (any device) -> numpy array of `dtype`."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def targets_to_numpy(targets):
+    """Target dicts holding numpy arrays or tensors -> B dicts {"labels" int64 [n], "boxes" float32 [n, 4]}
+    as numpy (what the matchers and the denoising queries read); other keys are dropped."""
+    out = []
+    for b, t in enumerate(targets):
+        for key in ("labels", "boxes"):
+            if key not in t:
+                raise ValueError(f"targets[{b}] has no '{key}' entry (expected the loader's target dicts)")
+        labels = _array(t["labels"], np.int64).reshape(-1)
+        boxes = _array(t["boxes"], np.float32).reshape(-1, 4)
+        if len(labels) != len(boxes):
+            raise ValueError(f"targets[{b}]: {len(labels)} labels but {len(boxes)} boxes")
+        out.append({"labels": labels, "boxes": boxes})
+    return out
+
+
+def targets_to_tensors(targets, device):
+    """The loader's targets (numpy, or tensors) -> B dicts {"labels" int64 [n], "boxes" float32 [n, 4]} of tensors
+    on `device` (boxes cxcywh normalized; other keys are dropped)."""
+    return [{k: torch.from_numpy(v).to(device) for k, v in t.items()} for t in targets_to_numpy(targets)]
+
+
+def numpy_rng():
+    """A numpy Generator seeded from torch's global RNG, so torch.manual_seed also fixes numpy-side noise."""
+    return np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,)).item()))
