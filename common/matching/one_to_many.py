@@ -98,3 +98,12 @@ class OneToManyAssigner:
                                  f"targets[{b}]['boxes'] and the predictions for zero-area boxes")
             indices.append(self.assign(quality, rng))
         return indices
+
+
+def assigner_fraction(positive_fraction, sample_queries, num_queries):
+    """positive_fraction for OneToManyAssigner so that its cap int(fraction * num_queries) equals the release's
+    int(positive_fraction * sample_queries) (the release samples as if there were 300 queries)."""
+    if sample_queries is None:
+        return positive_fraction
+    cap = int(positive_fraction * sample_queries)
+    return min(1.0, (cap + 0.5) / num_queries)  # + 0.5: int() of the product lands on cap despite rounding

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from common.matching import HungarianMatcher, OneToManyAssigner
-from torch_impl.models.build import assigner_fraction
-from torch_impl.models.criterion import (SetCriterion, ice_loss, keep_best_duplicates, rank_in_groups,
-                                         sigmoid_focal_loss)
+from common.matching.one_to_many import assigner_fraction
+from common.matching.ranking import keep_best_duplicates, rank_in_groups
+from torch_impl.models.criterion import SetCriterion, ice_loss, sigmoid_focal_loss
 from torch_impl.models.utils import numpy_rng, targets_to_tensors
 
 

@@ -5,6 +5,7 @@ release's baseline (two-stage, box refinement, mixed selection, look-forward-twi
 focal loss), dino adds contrastive denoising, dac_cdn the C-decoder, dac_cdn_ice the IoU-aware loss (the release).
 """
 from common.matching import HungarianMatcher, OneToManyAssigner
+from common.matching.one_to_many import assigner_fraction
 
 from .backbone import Backbone, load_pretrained
 from .criterion import SetCriterion
@@ -12,15 +13,6 @@ from .dac_detr import DACDETR
 from .deformable_transformer import DeformableTransformer
 from .postprocess import PostProcess
 from .utils import targets_to_tensors  # noqa: F401  (re-exported for the engine)
-
-
-def assigner_fraction(positive_fraction, sample_queries, num_queries):
-    """positive_fraction for OneToManyAssigner so that its cap int(fraction * num_queries) equals the release's
-    int(positive_fraction * sample_queries) (the release samples as if there were 300 queries)."""
-    if sample_queries is None:
-        return positive_fraction
-    cap = int(positive_fraction * sample_queries)
-    return min(1.0, (cap + 0.5) / num_queries)  # + 0.5: int() of the product lands on cap despite rounding
 
 
 def build_model(cfg):

@@ -30,7 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dn_components import dn_queries_to_tensors, prepare_dn
+from common.denoising import prepare_dn
+
+from .dn_components import dn_queries_to_tensors
 from .position_encoding import PositionEmbeddingSine
 from .utils import numpy_rng, targets_to_numpy
 
