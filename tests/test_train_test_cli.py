@@ -5,7 +5,8 @@ import os
 
 def test_train_then_test_writes_the_documented_files(tmp_path, tiny, run_sh):
     out = str(tmp_path / "run")
-    r = run_sh("train.sh", "-c", "configs/demo.yml", "-o", *tiny, "train.epochs=2", f"output_dir={out}")
+    r = run_sh("train.sh", "-c", "configs/demo.yml", "-o", *tiny, "train.epochs=2", "train.eval_interval=1",
+               f"output_dir={out}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in r.stdout
     for name in ("config.yaml", "log.txt", "metrics.jsonl", "checkpoint_last.pth", "checkpoint_best.pth",
