@@ -32,6 +32,23 @@ def to_device(batch: Dict, device: torch.device):
     return images, masks, targets_to_tensors(batch["targets"], device)
 
 
+def compute_loss(model, criterion, batch, device, seed: int, iteration: int, amp: bool = False):
+    """Forward + criterion of one numpy batch -> (total loss, {term: weighted loss}).
+
+    The box-count normalizer is averaged over ranks, so with DDP's gradient averaging N processes of batch b
+    give the gradients of one process with batch N * b (tests/torch_impl/test_torch_distributed.py).
+    """
+    images, masks, targets = to_device(batch, device)
+    with torch.autocast(device_type=device.type, enabled=amp):
+        outputs = model(images, masks, targets)
+    num_boxes = sum(len(t["labels"]) for t in batch["targets"])
+    num_boxes = D.all_reduce_mean(torch.tensor(float(num_boxes), device=device)).clamp(min=1.0).item()
+    # One-to-many subsampling randomness tied to (seed, rank, iteration): a resumed run draws the same.
+    rng = np.random.default_rng([seed, D.get_rank(), iteration])
+    losses = criterion(outputs, targets, num_boxes, rng=rng)
+    return sum(losses.values()), losses
+
+
 def train_one_epoch(model, criterion, loader, optimizer, device, state: TrainState, train_cfg,
                     metrics: MetricsWriter, scaler=None) -> bool:
     """Trains until the loader ends or `train.max_iters` is reached; returns True when max_iters stopped it."""
@@ -42,16 +59,7 @@ def train_one_epoch(model, criterion, loader, optimizer, device, state: TrainSta
     rank = D.get_rank()
     bar = progress(loader, desc=f"epoch {state.epoch}", total=len(loader) - state.step_in_epoch, rank=rank)
     for batch in bar:
-        images, masks, targets = to_device(batch, device)
-        with torch.autocast(device_type=device.type, enabled=amp):
-            outputs = model(images, masks, targets)
-        # Box-count normalizer averaged over ranks so every rank's loss has the same scale.
-        num_boxes = sum(len(t["labels"]) for t in batch["targets"])
-        num_boxes = D.all_reduce_mean(torch.tensor(float(num_boxes), device=device)).clamp(min=1.0).item()
-        # One-to-many subsampling randomness tied to (seed, rank, iteration): a resumed run draws the same.
-        rng = np.random.default_rng([train_cfg.seed, rank, state.iteration])
-        losses = criterion(outputs, targets, num_boxes, rng=rng)
-        loss = sum(losses.values())
+        loss, losses = compute_loss(model, criterion, batch, device, train_cfg.seed, state.iteration, amp)
         # Every rank must agree to skip, or the others would wait for its gradients forever.
         finite = D.all_reduce_mean(torch.isfinite(loss).float().detach()).item() == 1.0
         optimizer.zero_grad(set_to_none=True)

@@ -14,8 +14,7 @@ from common.checkpoint import BEST, LAST, resolve_resume
 from common.data.build import build_dataset, build_loader
 from common.data.subset import Subset
 from common.errors import UserError
-from common.evaluation.coco_eval import format_table
-from common.evaluation.evaluator import DetectionEvaluator, write_eval_json
+from common.evaluation.evaluator import DetectionEvaluator, report, write_eval_json
 from common.log import MetricsWriter
 from common.run import prepare_run
 from torch_impl import distributed as D
@@ -129,7 +128,7 @@ def train(args) -> None:
     if rank == 0 and result is not None:
         write_eval_json(cfg.output_dir, _numbers(result), epoch=state.epoch, iteration=state.iteration,
                         checkpoint=last_path, framework="torch")
-        print(format_table(result), flush=True)
+        print(report(result), flush=True)
         logger.info("wrote %s", os.path.join(cfg.output_dir, "eval.json"))
     D.cleanup()
 
@@ -146,7 +145,7 @@ def test(args) -> None:
     result = run_eval(model, postprocessor, cfg, val_ds, val_loader, device)
     if D.get_rank() == 0:
         write_eval_json(cfg.output_dir, _numbers(result), checkpoint=os.path.abspath(args.resume), framework="torch")
-        print(format_table(result), flush=True)
+        print(report(result), flush=True)
     D.cleanup()
 
 

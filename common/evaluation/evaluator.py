@@ -35,7 +35,7 @@ class DetectionEvaluator:
                 self.dataset.category_map.label_to_cat_id)
 
     def summarize(self, gathered: Sequence[Dict[int, List[dict]]], output_dir: str = None) -> Dict[str, float]:
-        """COCO metrics of every rank's `per_image` dict; logs the table; writes results.json when asked."""
+        """COCO metrics of every rank's `per_image` dict; logs a one-line summary; writes results.json when asked."""
         merged: Dict[int, List[dict]] = {}
         for part in gathered:
             for image_id, recs in part.items():
@@ -45,13 +45,19 @@ class DetectionEvaluator:
         metrics = evaluate_coco(self.dataset.coco_gt, records, backend=self.cfg.backend,
                                 max_dets=tuple(self.cfg.max_dets), per_class=self.cfg.per_class,
                                 image_ids=image_ids)
-        table = format_table(metrics)
-        if self.cfg.per_class and "per_class" in metrics:
-            table += "\n" + format_per_class(metrics["per_class"])
-        logger.info("COCO bbox evaluation on %d images:\n%s", len(image_ids), table)
+        logger.info("evaluation on %d images: bbox AP %.4f  AP50 %.4f  AP75 %.4f", len(image_ids),
+                    metrics["bbox_AP"], metrics["bbox_AP50"], metrics["bbox_AP75"])
         if output_dir is not None:
             save_results(records, os.path.join(output_dir, "results.json"))
         return metrics
+
+
+def report(metrics: Dict[str, float]) -> str:
+    """The standard 12-line COCO table, plus the per-class AP table when the metrics have one."""
+    table = format_table(metrics)
+    if "per_class" in metrics:
+        table += "\n" + format_per_class(metrics["per_class"])
+    return table
 
 
 def write_eval_json(output_dir: str, metrics: Dict[str, float], **extra) -> str:
