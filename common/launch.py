@@ -5,9 +5,11 @@
     python -m common.launch test  [--framework torch|paddle] -c CONFIG --resume CKPT [-o key=value ...]
 
 Each tree provides `<framework>_impl/main.py` with `train(args)` and `test(args)`. Anything the user has to
-fix ends the run with one line on stderr naming it, and a non-zero exit code.
+fix ends the run with one line on stderr naming it, and a non-zero exit code (2 for configs, flags and
+checkpoints, 1 for data and other errors; set DETR_TRACEBACK=1 to see the traceback of the latter).
 """
 import argparse
+import os
 import importlib
 import importlib.util
 import sys
@@ -61,6 +63,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ConfigError, UserError) as e:
         print(f"{args.command}.sh: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except (ValueError, OSError) as e:  # bad data or settings found deep inside: the message names the thing
+        if os.environ.get("DETR_TRACEBACK"):
+            raise
+        print(f"{args.command}.sh: {type(e).__name__}: {e} (DETR_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{args.command}.sh: interrupted", file=sys.stderr)
         return 130

@@ -49,3 +49,18 @@ def test_train_errors_are_one_line(tmp_path, tiny, tiny_data, run_sh):
     r = run_sh("train.sh", "-c", "configs/demo.yml", "-o", *tiny_data, "data.train.ann_file=/nonexistent/a.json",
                f"output_dir={tmp_path / 'z'}")
     assert r.returncode == 2 and "data.train.ann_file: no such file '/nonexistent/a.json'" in r.stderr
+
+
+def test_bad_data_is_one_line(tmp_path, tiny, tiny_data, run_sh):
+    """A missing image surfaces as one line naming the file (exit 1), not a traceback from inside the loader."""
+    ann = dict(x.split("=", 1) for x in tiny_data)["data.train.ann_file"]
+    data = json.load(open(ann))
+    data["images"][0]["file_name"] = "missing.jpg"
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(data))
+    r = run_sh("train.sh", "-c", "configs/demo.yml", "-o", *tiny, f"data.train.ann_file={broken}",
+               "train.max_iters=3", f"output_dir={tmp_path / 'out'}")
+    assert r.returncode == 1, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("train.sh: FileNotFoundError: image file not found: ") and "missing.jpg" in last
+    assert "DETR_TRACEBACK=1" in last and "Traceback" not in r.stderr
