@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from ops.backend import LazyKernel
-from ops.validate import check_inputs, dtype_name
+from ops.validate import as_int_list, check_inputs, dtype_name
 
 _kernel = LazyKernel("torch")
 
@@ -26,12 +26,6 @@ def _validate(value, spatial_shapes, level_start_index, sampling_locations, atte
         level_start_index.detach().cpu().numpy() if concrete else None)
 
 
-def _as_list(index):
-    """int64 tensor or nested sequence of ints -> nested list of Python ints."""
-    return index.tolist() if isinstance(index, torch.Tensor) else [
-        [int(v) for v in row] if hasattr(row, "__len__") else int(row) for row in index]
-
-
 def ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
     """Pure grid_sample formulation (Deformable DETR); differentiable, exportable.
 
@@ -45,7 +39,7 @@ def ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_
     # grid_sample with align_corners=False maps -1 / +1 to the outer pixel edges, so loc in [0, 1] -> 2 loc - 1
     grids = 2 * sampling_locations - 1
     sampled = []
-    for lvl, ((h, w), start) in enumerate(zip(_as_list(spatial_shapes), _as_list(level_start_index))):
+    for lvl, ((h, w), start) in enumerate(zip(as_int_list(spatial_shapes), as_int_list(level_start_index))):
         # [B, H*W, M, D] -> [B*M, D, H, W]
         value_l = value[:, start:start + h * w].permute(0, 2, 3, 1).reshape(b * m, d, h, w)
         # [B, Q, M, P, 2] -> [B*M, Q, P, 2]

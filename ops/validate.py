@@ -65,3 +65,10 @@ def check_inputs(value_shape, shapes_shape, starts_shape, loc_shape, attn_shape,
         raise ValueError(f"level_start_index {starts.tolist()} must be the running sum of H*W, "
                          f"{expected.tolist()}")
     return b, s, m, d, q, l, p
+
+
+def as_int_list(index):
+    """int tensor of either framework, numpy array, or nested sequence of ints -> nested list of Python ints."""
+    if hasattr(index, "tolist"):
+        return index.tolist()
+    return [[int(v) for v in row] if hasattr(row, "__len__") else int(row) for row in index]

@@ -2,6 +2,8 @@
 import numpy as np
 import torch
 
+from common.data.targets import numpy_targets
+
 
 def inverse_sigmoid(x, eps=1e-5):
     """logit(x) with x clamped to [eps, 1 - eps] so saturated boxes stay finite. x [...] -> [...]."""
@@ -9,27 +11,15 @@ def inverse_sigmoid(x, eps=1e-5):
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
-def _array(x, dtype):
-    """A numpy array or tensor (any device) -> numpy array of `dtype`."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=dtype)
+def _to_numpy(x):
+    """A tensor (any device) or array-like -> numpy array."""
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
 
 
 def targets_to_numpy(targets):
     """Target dicts holding numpy arrays or tensors -> B dicts {"labels" int64 [n], "boxes" float32 [n, 4]}
-    as numpy (what the matchers and the denoising queries read); other keys are dropped."""
-    out = []
-    for b, t in enumerate(targets):
-        for key in ("labels", "boxes"):
-            if key not in t:
-                raise ValueError(f"targets[{b}] has no '{key}' entry (expected the loader's target dicts)")
-        labels = _array(t["labels"], np.int64).reshape(-1)
-        boxes = _array(t["boxes"], np.float32).reshape(-1, 4)
-        if len(labels) != len(boxes):
-            raise ValueError(f"targets[{b}]: {len(labels)} labels but {len(boxes)} boxes")
-        out.append({"labels": labels, "boxes": boxes})
-    return out
+    as numpy (what the matchers and the denoising queries read); see common.data.targets."""
+    return numpy_targets(targets, _to_numpy)
 
 
 def targets_to_tensors(targets, device):
