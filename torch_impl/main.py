@@ -1,4 +1,4 @@
-"""`train.sh --framework torch` and `test.sh --framework torch`: set-up, epochs, checkpoints, evaluation.
+"""`train.sh --framework torch` and `test.sh --framework torch`: set-up, then the loop of common/loop.py.
 
 Distributed: `torchrun --nproc_per_node N -m common.launch train --framework torch -c CONFIG` (gloo on CPU,
 nccl on GPU); batch_size is per process.
@@ -10,16 +10,15 @@ import random
 import numpy as np
 import torch
 
-from common.checkpoint import BEST, LAST, resolve_resume
-from common.data.build import build_dataset, build_loader
-from common.data.subset import Subset
+from common.checkpoint import resolve_resume
+from common.data.build import build_train_loader, build_val_loader
 from common.errors import UserError
-from common.evaluation.evaluator import DetectionEvaluator, report, write_eval_json
-from common.log import MetricsWriter
+from common.evaluation.evaluator import DetectionEvaluator
+from common.loop import TrainState, evaluate, finish, fit
 from common.run import prepare_run
 from torch_impl import distributed as D
-from torch_impl.checkpoint import SUFFIX, is_valid_checkpoint, load_checkpoint, load_weights, save_checkpoint
-from torch_impl.engine import TrainState, evaluate, train_one_epoch
+from torch_impl.checkpoint import SUFFIX, is_valid_checkpoint, load_checkpoint, load_weights
+from torch_impl.engine import Trainer
 from torch_impl.models.build import build_model
 from torch_impl.optim import build_optimizer, build_scheduler
 
@@ -42,30 +41,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_val(cfg, rank, world_size):
-    val_ds = Subset(build_dataset(cfg.data, "val", train=False), cfg.eval.max_images)
-    loader = build_loader(cfg.data, val_ds, cfg.eval.batch_size, train=False, seed=cfg.train.seed,
-                          rank=rank, world_size=world_size)
-    return val_ds, loader
-
-
-def run_eval(model, postprocessor, cfg, val_ds, val_loader, device):
-    evaluator = DetectionEvaluator(val_ds, cfg.eval)
-    return evaluate(model, postprocessor, val_loader, evaluator, device, output_dir=cfg.output_dir)
-
-
 def train(args) -> None:
-    rank = int(os.environ.get("RANK", "0"))
-    cfg = prepare_run(args.config, args.opt, splits=("train", "val"), rank=rank)
+    cfg = prepare_run(args.config, args.opt, splits=("train", "val"), rank=int(os.environ.get("RANK", "0")))
     device = select_device(cfg.device)
     D.init_distributed(device)
     rank, world = D.get_rank(), D.get_world_size()
     seed_everything(cfg.train.seed)  # same init on every rank; DDP also broadcasts rank 0's weights
 
-    train_ds = build_dataset(cfg.data, "train", train=True)
-    train_loader = build_loader(cfg.data, train_ds, cfg.train.batch_size, train=True, seed=cfg.train.seed,
-                                rank=rank, world_size=world)
-    val_ds, val_loader = build_val(cfg, rank, world)
+    train_ds, train_loader = build_train_loader(cfg, rank, world)
+    val_ds, val_loader = build_val_loader(cfg, rank, world)
     model, criterion, postprocessor = build_model(cfg)
     model.to(device)
     criterion.to(device)
@@ -87,67 +71,32 @@ def train(args) -> None:
     elif args.resume == "auto":
         logger.info("--resume auto: no checkpoint in %s, starting fresh", cfg.output_dir)
 
-    n_params = sum(p.numel() for p in model.parameters())
-    logger.info("model: %s parameters, %d trainable; %d training images, %d validation images; device %s, "
-                "%d process(es)", f"{n_params:,}", sum(p.numel() for p in model.parameters() if p.requires_grad),
-                len(train_ds), len(val_ds), device, world)
+    logger.info("model: %s parameters, %s trainable; %d training images, %d validation images; device %s, "
+                "%d process(es)", f"{sum(p.numel() for p in model.parameters()):,}",
+                f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}", len(train_ds), len(val_ds),
+                device, world)
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     scaler = torch.amp.GradScaler("cuda") if cfg.train.amp and device.type == "cuda" else None
-    metrics = MetricsWriter(cfg.output_dir, rank)
-    last_path = os.path.join(cfg.output_dir, LAST + SUFFIX)
-    best_ap, result = -1.0, None
-    meta = {"config": os.path.basename(cfg._config_file)}
-
-    def checkpoint(path):
-        if rank == 0:
-            save_checkpoint(path, model, optimizer, scheduler, state.epoch, state.step_in_epoch, state.iteration, meta)
-
-    while state.epoch < cfg.train.epochs:
-        train_loader.set_epoch(state.epoch, start_batch=state.step_in_epoch)
-        stopped = train_one_epoch(net, criterion, train_loader, optimizer, device, state, cfg.train, metrics, scaler)
-        if not stopped or state.step_in_epoch >= len(train_loader):
-            scheduler.step()
-            state.epoch += 1
-            state.step_in_epoch = 0
-        if stopped or state.epoch % max(cfg.train.checkpoint_interval, 1) == 0 or state.epoch == cfg.train.epochs:
-            checkpoint(last_path)
-        last = stopped or state.epoch == cfg.train.epochs
-        if last or (cfg.train.eval_interval and state.epoch % cfg.train.eval_interval == 0 and state.step_in_epoch == 0):
-            result = run_eval(model, postprocessor, cfg, val_ds, val_loader, device)
-            if rank == 0:
-                metrics.write(kind="eval", epoch=state.epoch, iteration=state.iteration, **_numbers(result))
-                if result["bbox_AP"] > best_ap:
-                    best_ap = result["bbox_AP"]
-                    checkpoint(os.path.join(cfg.output_dir, BEST + SUFFIX))
-        if stopped:
-            logger.info("stopped at train.max_iters=%d", cfg.train.max_iters)
-            break
-    if rank == 0 and result is not None:
-        write_eval_json(cfg.output_dir, _numbers(result), epoch=state.epoch, iteration=state.iteration,
-                        checkpoint=last_path, framework="torch")
-        print(report(result), flush=True)
-        logger.info("wrote %s", os.path.join(cfg.output_dir, "eval.json"))
+    trainer = Trainer(model, net, criterion, postprocessor, optimizer, scheduler, device, cfg.train, scaler,
+                      meta={"config": os.path.basename(cfg._config_file)})
+    fit(trainer, cfg, state, train_loader, lambda: evaluate(trainer, val_loader, DetectionEvaluator(val_ds, cfg.eval),
+                                                            cfg.output_dir), SUFFIX, "torch")
     D.cleanup()
 
 
 def test(args) -> None:
-    rank = int(os.environ.get("RANK", "0"))
-    cfg = prepare_run(args.config, args.opt, splits=("val",), rank=rank)
+    cfg = prepare_run(args.config, args.opt, splits=("val",), rank=int(os.environ.get("RANK", "0")))
     device = select_device(cfg.device)
     D.init_distributed(device)
-    val_ds, val_loader = build_val(cfg, D.get_rank(), D.get_world_size())
+    val_ds, val_loader = build_val_loader(cfg, D.get_rank(), D.get_world_size())
     model, _, postprocessor = build_model(cfg)
     load_weights(model, args.resume)
     model.to(device)
-    result = run_eval(model, postprocessor, cfg, val_ds, val_loader, device)
+    trainer = Trainer(model, model, None, postprocessor, None, None, device)
+    result = evaluate(trainer, val_loader, DetectionEvaluator(val_ds, cfg.eval), cfg.output_dir)
     if D.get_rank() == 0:
-        write_eval_json(cfg.output_dir, _numbers(result), checkpoint=os.path.abspath(args.resume), framework="torch")
-        print(report(result), flush=True)
+        finish(cfg.output_dir, result, "torch", os.path.abspath(args.resume))
     D.cleanup()
-
-
-def _numbers(metrics):
-    return {k: v for k, v in metrics.items() if not isinstance(v, dict)}

@@ -1,6 +1,7 @@
 """Dataset and loader construction from the config's `data` section (a plain dict)."""
 from .coco import CocoDetection
 from .loader import DataLoader
+from .subset import Subset
 from .transforms import build_transforms, config_value
 
 SPLITS = ("train", "val")
@@ -24,3 +25,17 @@ def build_loader(data_cfg, dataset, batch_size, train, seed, rank=0, world_size=
                       num_workers=config_value(data_cfg, "num_workers", "data"), drop_last=train,
                       rank=rank, world_size=world_size,
                       size_divisibility=config_value(data_cfg, "size_divisibility", "data"))
+
+
+def build_train_loader(cfg, rank=0, world_size=1):
+    """(dataset, loader) of the training split, from the whole resolved config."""
+    dataset = build_dataset(cfg.data, "train", train=True)
+    return dataset, build_loader(cfg.data, dataset, cfg.train.batch_size, train=True, seed=cfg.train.seed,
+                                 rank=rank, world_size=world_size)
+
+
+def build_val_loader(cfg, rank=0, world_size=1):
+    """(dataset, loader) of the validation split, cut to `eval.max_images`, from the whole resolved config."""
+    dataset = Subset(build_dataset(cfg.data, "val", train=False), cfg.eval.max_images)
+    return dataset, build_loader(cfg.data, dataset, cfg.eval.batch_size, train=False, seed=cfg.train.seed,
+                                 rank=rank, world_size=world_size)

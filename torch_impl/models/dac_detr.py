@@ -26,7 +26,6 @@ heads are not registered a second time under transformer.decoder.
 """
 import math
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

@@ -1,0 +1,120 @@
+"""The two attention modules of the transformer: multi-scale deformable attention and plain multi-head attention.
+
+Both own their parameters under the official DAC-DETR names (sampling_offsets / attention_weights / value_proj /
+output_proj; in_proj_weight / in_proj_bias / out_proj) and spell out their math, mirroring torch_impl.
+Linear layers are layers.Linear (torch's default init; see docs/paddle_vs_torch.md).
+"""
+import math
+
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+from ops.paddle_ms_deform_attn import ms_deform_attn
+
+from .layers import Linear
+
+
+class MSDeformAttn(nn.Layer):
+    """Multi-scale deformable attention (Deformable DETR): each query samples n_points per head and level
+    around its reference point and mixes them with softmaxed weights.
+
+    forward(query [B, Nq, D], reference_points [B, Nq, L, 2] (x, y) or [B, Nq, L, 4] (cx, cy, w, h) in [0, 1],
+    value [B, S, D], spatial_shapes int64 [L, 2], level_start_index int64 [L], padding_mask bool [B, S] or None)
+    -> [B, Nq, D]. With 4-d references the offsets are scaled by half the box size / n_points.
+    """
+
+    def __init__(self, d_model=256, n_levels=4, n_heads=8, n_points=4, backend="auto"):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"model.hidden_dim ({d_model}) must be divisible by model.nheads ({n_heads})")
+        self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
+        self.backend = backend
+        self.sampling_offsets = Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = Linear(d_model, d_model)
+        self.output_proj = Linear(d_model, d_model)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Offsets start as rings of points in n_heads directions (point i at distance i + 1), uniform weights."""
+        zeros, xavier = nn.initializer.Constant(0.0), nn.initializer.XavierUniform()
+        zeros(self.sampling_offsets.weight)
+        thetas = paddle.arange(self.n_heads, dtype="float32") * (2.0 * math.pi / self.n_heads)
+        grid = paddle.stack([thetas.cos(), thetas.sin()], -1)
+        grid = grid / paddle.amax(grid.abs(), axis=-1, keepdim=True)
+        grid = grid.reshape([self.n_heads, 1, 1, 2]).tile([1, self.n_levels, self.n_points, 1])
+        grid = grid * paddle.arange(1, self.n_points + 1, dtype="float32").reshape([1, 1, -1, 1])
+        self.sampling_offsets.bias.set_value(grid.flatten().astype(self.sampling_offsets.bias.dtype))
+        zeros(self.attention_weights.weight)
+        zeros(self.attention_weights.bias)
+        for proj in (self.value_proj, self.output_proj):
+            xavier(proj.weight)
+            zeros(proj.bias)
+
+    def forward(self, query, reference_points, value, spatial_shapes, level_start_index, padding_mask=None):
+        b, nq, _ = query.shape
+        s = value.shape[1]
+        h, lv, p = self.n_heads, self.n_levels, self.n_points
+        value = self.value_proj(value)
+        if padding_mask is not None:
+            value = value.masked_fill(padding_mask[..., None], 0.0)
+        value = value.reshape([b, s, h, self.d_model // h])
+        offsets = self.sampling_offsets(query).reshape([b, nq, h, lv, p, 2])
+        weights = F.softmax(self.attention_weights(query).reshape([b, nq, h, lv * p]), -1).reshape([b, nq, h, lv, p])
+        if reference_points.dtype != offsets.dtype:  # float32 encoder grid in a float64 model: no implicit promotion
+            reference_points = reference_points.astype(offsets.dtype)
+        if reference_points.shape[-1] == 2:
+            normalizer = paddle.stack([spatial_shapes[:, 1], spatial_shapes[:, 0]], -1).astype(offsets.dtype)  # W, H
+            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        elif reference_points.shape[-1] == 4:
+            locations = (reference_points[:, :, None, :, None, :2]
+                         + offsets / p * reference_points[:, :, None, :, None, 2:] * 0.5)
+        else:
+            raise ValueError(f"reference_points must end in 2 or 4 coordinates, got {reference_points.shape}")
+        out = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend=self.backend)
+        return self.output_proj(out)
+
+
+class MultiheadAttention(nn.Layer):
+    """Scaled dot-product multi-head attention with a packed input projection in torch.nn.MultiheadAttention's
+    parameter layout: in_proj_weight [3D, D] = (q, k, v) rows (torch's [out, in], kept so that weight conversion
+    copies it unchanged), in_proj_bias [3D], out_proj.
+
+    forward(query [B, Nq, D], key [B, Nk, D], value [B, Nk, D], attn_mask bool [Nq, Nk] True = blocked, or None)
+    -> [B, Nq, D]. The mask convention is the torch tree's (and common/denoising.py's); Paddle's own attention
+    APIs (paddle.nn.MultiHeadAttention, F.scaled_dot_product_attention) read a bool mask the opposite way
+    (True = attend). It is turned into an additive -inf mask here.
+    """
+
+    def __init__(self, d_model, n_heads, dropout=0.0):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"model.hidden_dim ({d_model}) must be divisible by model.nheads ({n_heads})")
+        self.n_heads = n_heads
+        self.in_proj_weight = self.create_parameter([3 * d_model, d_model],
+                                                    default_initializer=nn.initializer.XavierUniform())
+        self.in_proj_bias = self.create_parameter([3 * d_model], is_bias=True,
+                                                  default_initializer=nn.initializer.Constant(0.0))
+        self.out_proj = Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+        nn.initializer.Constant(0.0)(self.out_proj.bias)
+
+    def forward(self, query, key, value, attn_mask=None):
+        b, nq, d = query.shape
+        nk = key.shape[1]
+        h = self.n_heads
+        w, bias = self.in_proj_weight, self.in_proj_bias
+
+        def heads(x, w_x, b_x, n):  # project with rows of the packed [3D, D] weight: [B, n, D] -> [B, h, n, D / h]
+            return (paddle.matmul(x, w_x, transpose_y=True) + b_x).reshape([b, n, h, d // h]).transpose([0, 2, 1, 3])
+
+        q = heads(query, w[:d], bias[:d], nq)
+        k = heads(key, w[d:2 * d], bias[d:2 * d], nk)
+        v = heads(value, w[2 * d:], bias[2 * d:], nk)
+        scores = paddle.matmul(q, k, transpose_y=True) / math.sqrt(d // h)  # [B, h, Nq, Nk]
+        if attn_mask is not None:
+            scores = scores + paddle.zeros(attn_mask.shape, scores.dtype).masked_fill(attn_mask, float("-inf"))
+        attn = self.dropout(F.softmax(scores, axis=-1))
+        out = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([b, nq, d])
+        return self.out_proj(out)

@@ -1,0 +1,258 @@
+"""ResNet backbone with frozen BatchNorm, torchvision parameter names, and torchvision-weight loading.
+
+`norm` chooses the normalization layers: "frozen_bn" (the DETR default, for ImageNet-pretrained weights),
+"bn" (trainable BatchNorm, with torch's running-statistics rule) or "gn" (GroupNorm with 32 groups: batch-size
+independent, the choice when training from random init, as the CPU demo does; the last norm of each residual
+branch then starts at 0).
+
+Parameter names inside `body` are torchvision's (conv1, bn1, layer1.0.conv1, ..., layer4.2.downsample.1) with
+Paddle's BatchNorm statistics names (`_mean` / `_variance`), so an ImageNet state dict from torchvision (.pth) or
+from paddle.vision (.pdparams, same names) loads by name (`load_pretrained`), and the official DAC-DETR
+checkpoint's `backbone.0.body.*` keys map to `backbone.body.*` by a prefix rule. There is no torchvision or
+paddle.vision dependency.
+"""
+import logging
+import pickle
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+from common.errors import UserError
+from convert.rules import TORCH_ONLY_SUFFIX, torch_name_to_paddle
+
+from .layers import BatchNorm2D, GroupNorm
+
+logger = logging.getLogger("paddle_impl")
+
+_DEPTHS = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet34": ("basic", [3, 4, 6, 3]),
+           "resnet50": ("bottleneck", [3, 4, 6, 3]), "resnet101": ("bottleneck", [3, 4, 23, 3])}
+
+
+class FrozenBatchNorm2d(nn.Layer):
+    """BatchNorm2d with fixed statistics and affine parameters, all buffers (never trained).
+
+    y = (x - _mean) / sqrt(_variance + eps) * weight + bias. x [B, C, H, W] -> [B, C, H, W].
+    The buffer names are those of paddle.nn.BatchNorm2D, so a BatchNorm state dict loads as it is.
+    """
+
+    def __init__(self, num_features, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", paddle.ones([num_features]))
+        self.register_buffer("bias", paddle.zeros([num_features]))
+        self.register_buffer("_mean", paddle.zeros([num_features]))
+        self.register_buffer("_variance", paddle.ones([num_features]))
+
+    def forward(self, x):
+        scale = self.weight * paddle.rsqrt(self._variance + self.eps)
+        shift = self.bias - self._mean * scale
+        return x * scale.reshape([1, -1, 1, 1]) + shift.reshape([1, -1, 1, 1])
+
+
+NORMS = ("frozen_bn", "bn", "gn")
+
+
+def make_norm(kind, channels):
+    """The normalization layer of the backbone for `channels` feature maps ([B, C, H, W] -> same)."""
+    if kind == "frozen_bn":
+        return FrozenBatchNorm2d(channels)
+    if kind == "bn":
+        return BatchNorm2D(channels)
+    if kind == "gn":
+        return GroupNorm(32, channels, epsilon=1e-5)
+    raise ValueError(f"model.backbone.norm: unknown norm {kind!r}; choose one of {list(NORMS)}")
+
+
+def _conv3x3(in_ch, out_ch, stride=1, dilation=1):
+    return nn.Conv2D(in_ch, out_ch, 3, stride=stride, padding=dilation, dilation=dilation, bias_attr=False)
+
+
+def _conv1x1(in_ch, out_ch, stride=1):
+    return nn.Conv2D(in_ch, out_ch, 1, stride=stride, bias_attr=False)
+
+
+class BasicBlock(nn.Layer):
+    """Two 3x3 convs with a residual (ResNet-18/34). x [B, inplanes, H, W] -> [B, planes, H/s, W/s]."""
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, dilation=1, norm="frozen_bn"):
+        super().__init__()
+        if dilation > 1:
+            raise ValueError("backbone.dilation needs resnet50 or resnet101 (BasicBlock has no dilated form)")
+        self.conv1 = _conv3x3(inplanes, planes, stride)
+        self.bn1 = make_norm(norm, planes)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = make_norm(norm, planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + identity)
+
+
+class Bottleneck(nn.Layer):
+    """1x1 - 3x3 (strided, torchvision v1.5) - 1x1 with a residual (ResNet-50/101).
+    x [B, inplanes, H, W] -> [B, 4 planes, H/s, W/s]."""
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, dilation=1, norm="frozen_bn"):
+        super().__init__()
+        self.conv1 = _conv1x1(inplanes, planes)
+        self.bn1 = make_norm(norm, planes)
+        self.conv2 = _conv3x3(planes, planes, stride, dilation)
+        self.bn2 = make_norm(norm, planes)
+        self.conv3 = _conv1x1(planes, planes * 4)
+        self.bn3 = make_norm(norm, planes * 4)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + identity)
+
+
+class ResNet(nn.Layer):
+    """ResNet trunk without the classifier. images [B, 3, H, W] -> [C2, C3, C4, C5] (strides 4, 8, 16, 32)."""
+
+    def __init__(self, name, dilation=False, norm="frozen_bn"):
+        super().__init__()
+        if name not in _DEPTHS:
+            raise ValueError(f"model.backbone.name: unknown backbone {name!r}; choose one of {sorted(_DEPTHS)}")
+        kind, depths = _DEPTHS[name]
+        block = BasicBlock if kind == "basic" else Bottleneck
+        self.norm = norm
+        self.conv1 = nn.Conv2D(3, 64, 7, stride=2, padding=3, bias_attr=False)
+        self.bn1 = make_norm(norm, 64)
+        self.maxpool = nn.MaxPool2D(3, stride=2, padding=1)
+        self._inplanes, self._dilation = 64, 1
+        self.layer1 = self._make_layer(block, 64, depths[0])
+        self.layer2 = self._make_layer(block, 128, depths[1], stride=2)
+        self.layer3 = self._make_layer(block, 256, depths[2], stride=2)
+        self.layer4 = self._make_layer(block, 512, depths[3], stride=2, dilate=dilation)
+        self.channels = [64 * block.expansion * 2 ** i for i in range(4)]
+        kaiming = nn.initializer.KaimingNormal(nonlinearity="relu", mode="fan_out")
+        for m in self.sublayers():
+            if isinstance(m, nn.Conv2D):
+                kaiming(m.weight)
+        if norm != "frozen_bn":  # residual branches start as identities: stable training from scratch
+            for m in self.sublayers():
+                if isinstance(m, (BasicBlock, Bottleneck)):
+                    nn.initializer.Constant(0.0)((m.bn2 if isinstance(m, BasicBlock) else m.bn3).weight)
+
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
+        previous_dilation = self._dilation
+        if dilate:  # DC5: keep the resolution, dilate the following 3x3 convs instead
+            self._dilation *= stride
+            stride = 1
+        downsample = None
+        if stride != 1 or self._inplanes != planes * block.expansion:
+            downsample = nn.Sequential(_conv1x1(self._inplanes, planes * block.expansion, stride),
+                                       make_norm(self.norm, planes * block.expansion))
+        layers = [block(self._inplanes, planes, stride, downsample, previous_dilation, self.norm)]
+        self._inplanes = planes * block.expansion
+        layers += [block(self._inplanes, planes, dilation=self._dilation, norm=self.norm) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        feats = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            feats.append(x)
+        return feats
+
+
+class Backbone(nn.Layer):
+    """ResNet body returning C3-C5 (or C5 alone) with downsampled padding masks.
+
+    forward(images [B, 3, H, W], masks bool [B, H, W] True = padding) -> list of (feature [B, C_l, H_l, W_l],
+    mask bool [B, H_l, W_l]); `num_channels` and `strides` describe the levels.
+    """
+
+    def __init__(self, name="resnet50", frozen_stages=1, dilation=False, num_levels=3, norm="frozen_bn"):
+        super().__init__()
+        self.body = ResNet(name, dilation, norm)
+        first = 4 - num_levels  # index into [C2, C3, C4, C5]
+        self._first = first
+        self.num_channels = self.body.channels[first:]
+        self.strides = [4, 8, 16, 16 if dilation else 32][first:]
+        self.freeze(frozen_stages)
+
+    def freeze(self, frozen_stages):
+        """Stops gradients for the stem (stage 0) and layer1..layer{frozen_stages}; -1 freezes nothing."""
+        if not -1 <= frozen_stages <= 4:
+            raise ValueError(f"model.backbone.frozen_stages must be in -1..4, got {frozen_stages}")
+        stages = [[self.body.conv1], self.body.layer1, self.body.layer2, self.body.layer3, self.body.layer4]
+        for stage in stages[:frozen_stages + 1]:
+            for module in stage:
+                for p in module.parameters():
+                    p.stop_gradient = True
+
+    def forward(self, images, masks):
+        feats = self.body(images)[self._first:]
+        out = []
+        for x in feats:
+            # Same nearest rule as torch's default (source index floor(i * in / out)); interpolate needs floats.
+            m = F.interpolate(masks[None].astype("float32"), size=x.shape[-2:], mode="nearest")[0].astype("bool")
+            out.append((x, m))
+        return out
+
+
+def _read_state(path):
+    """{name: numpy array} from a torch .pth / .pt, a Paddle .pdparams or a .safetensors file."""
+    path = str(path)
+    if path.endswith(".pdparams"):
+        state = paddle.load(path, return_numpy=True)
+    elif path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+        state = load_file(path)
+    else:
+        try:
+            import torch  # only torch reads its own files; paddle_impl does not need it otherwise
+        except ImportError:
+            raise UserError(f"model.backbone.pretrained: {path!r} is a PyTorch file and reading it needs torch, "
+                            "which is not installed; install torch or give a .pdparams / .safetensors file with "
+                            "the same keys") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return {k: np.asarray(v) for k, v in state.items()}  # torch CPU tensors convert through __array__
+
+
+def load_pretrained(body, path):
+    """Loads a torchvision ResNet ImageNet state dict into `body` (a ResNet); returns the ignored keys.
+
+    Every key the body has must be in the file with the same shape; the classifier (fc.*) and BatchNorm
+    counters (*.num_batches_tracked) are ignored and reported; any other extra key is an error. BatchNorm
+    statistics may carry torch's names (running_mean / running_var, renamed by convert/rules.py) or Paddle's.
+    """
+    try:
+        state = _read_state(path)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"model.backbone.pretrained: cannot read {path!r}: {exc}") from None
+    ignored = sorted(k for k in state if k.startswith("fc.") or k.endswith(TORCH_ONLY_SUFFIX))
+    used = {torch_name_to_paddle(k): v for k, v in state.items() if k not in ignored}
+    own = body.state_dict()
+    missing = sorted(set(own) - set(used))
+    unexpected = sorted(set(used) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"model.backbone.pretrained: {path!r} does not fit this backbone: "
+                         f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)} keys), "
+                         f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} "
+                         f"({len(unexpected)} keys); is it a torchvision ResNet of the configured depth?")
+    bad = [k for k in own if tuple(own[k].shape) != tuple(np.shape(used[k]))]
+    if bad:
+        raise ValueError(f"model.backbone.pretrained: {path!r}: shape mismatch at {bad[0]}: file "
+                         f"{tuple(np.shape(used[bad[0]]))}, model {tuple(own[bad[0]].shape)}")
+    body.set_state_dict({k: paddle.to_tensor(np.asarray(used[k])).astype(own[k].dtype) for k in own})
+    counters = sum(k.endswith(TORCH_ONLY_SUFFIX) for k in ignored)
+    named = [k for k in ignored if not k.endswith(TORCH_ONLY_SUFFIX)]
+    logger.info("backbone: loaded %s (%d tensors); ignored %s%s", path, len(used), ", ".join(named) or "nothing",
+                f" and {counters} num_batches_tracked" if counters else "")
+    return ignored

@@ -1,0 +1,26 @@
+"""build_model(cfg) -> (model, criterion, postprocessor) from the config's `model` section.
+
+The four variants are switches of one model (common/config/model_schema.py lists them): deformable_detr is the
+release's baseline (two-stage, box refinement, mixed selection, look-forward-twice; no denoising, no C-decoder,
+focal loss), dino adds contrastive denoising, dac_cdn the C-decoder, dac_cdn_ice the IoU-aware loss (the release).
+The config -> argument mapping is common/model_args.py, shared with the torch tree.
+"""
+from common import model_args as A
+
+from .backbone import Backbone, load_pretrained
+from .criterion import SetCriterion
+from .dac_detr import DACDETR
+from .deformable_transformer import DeformableTransformer
+from .postprocess import PostProcess
+from .utils import targets_to_tensors  # noqa: F401  (re-exported for the engine)
+
+
+def build_model(cfg):
+    """cfg: the resolved config (uses cfg["model"], all keys present) -> (DACDETR, SetCriterion, PostProcess)."""
+    m = cfg["model"]
+    A.check(m)
+    backbone = Backbone(**A.backbone_args(m))
+    if m["backbone"]["pretrained"]:
+        load_pretrained(backbone.body, m["backbone"]["pretrained"])
+    model = DACDETR(backbone, DeformableTransformer(**A.transformer_args(m)), **A.detr_args(m))
+    return model, SetCriterion(**A.criterion_args(m)), PostProcess(**A.postprocess_args(m))

@@ -1,0 +1,158 @@
+"""The DAC-DETR detector: backbone, multi-level input projection, deformable transformer, prediction heads.
+
+Switches (see common/config/model_schema.py) make the same class Deformable-DETR (two-stage, box refinement),
+DINO (+ contrastive denoising, mixed selection, look-forward-twice) or DAC-DETR (+ the C-decoder stream).
+
+forward(images [B, 3, H, W], masks bool [B, H, W] True = padding, targets=None, dn_rng=None) -> dict:
+
+    pred_logits  [B, Q, C]   last O-decoder layer, matching queries only (sigmoid class scores)
+    pred_boxes   [B, Q, 4]   cxcywh in [0, 1] of the unpadded image
+    aux_outputs  list of dec_layers - 1 dicts {pred_logits, pred_boxes}, earlier O-decoder layers
+    enc_outputs  {pred_logits [B, S, C], pred_boxes [B, S, 4]}: every encoder token's proposal (two-stage;
+                 only class 0 is trained, as a binary objectness score)
+  training only:
+    dn_meta      {pad_size P, num_groups, group_size, positive_idx: B (query_idx, gt_idx) numpy pairs}
+                 (denoising on; P = 0 when no image of the batch has a GT)
+    dn_outputs   {pred_logits [B, P, C], pred_boxes [B, P, 4], aux_outputs}, O-decoder, when P > 0
+    c_outputs    {pred_logits, pred_boxes [B, Q, .], aux_outputs}, the C-decoder stream (dac on)
+    c_dn_outputs the C-decoder's denoising queries (dac on and P > 0)
+
+`targets` (training with denoising): B dicts with "labels" [n] and "boxes" [n, 4] cxcywh, numpy arrays or tensors.
+`dn_rng`: numpy Generator for the denoising noise; by default one seeded from Paddle's global RNG.
+
+Parameter names follow the official release (class_embed.N, bbox_embed.N.layers.M, query_embed, input_proj.N,
+label_enc, transformer.*), except that the backbone is `backbone.body.*` (official: backbone.0.body.*) and the
+heads are not registered a second time under transformer.decoder. Initialization mirrors torch's defaults
+(layers.Linear: U(+-1/sqrt(in)); layers.embedding: N(0, 1)), not Paddle's.
+"""
+import math
+
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+from common.denoising import prepare_dn
+
+from .layers import GroupNorm, Linear, embedding
+from .dn_components import dn_queries_to_tensors
+from .position_encoding import PositionEmbeddingSine
+from .utils import numpy_rng, targets_to_numpy
+
+
+class MLP(nn.Layer):
+    """Linear layers with ReLU in between. x [..., input_dim] -> [..., output_dim]."""
+
+    def __init__(self, input_dim, hidden_dim, output_dim, num_layers):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.LayerList([Linear(a, b) for a, b in zip(dims[:-1], dims[1:])])
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+def _stream(logits, boxes, start=0, end=None):
+    """Per-layer outputs sliced to queries [start:end] -> {pred_logits, pred_boxes, aux_outputs} (last layer on top)."""
+    layers = [{"pred_logits": lg[:, start:end], "pred_boxes": bx[:, start:end]} for lg, bx in zip(logits, boxes)]
+    return dict(layers[-1], aux_outputs=layers[:-1])
+
+
+class DACDETR(nn.Layer):
+    """See the module docstring. `dn`: None (no denoising) or dict(number, label_noise_ratio, box_noise_scale,
+    contrastive); `dac`: train the C-decoder stream."""
+
+    def __init__(self, backbone, transformer, num_classes, num_feature_levels=4, num_queries=900, two_stage=True,
+                 mixed_selection=True, dn=None, dac=True, pe_temperature=10000.0):
+        super().__init__()
+        d = transformer.d_model
+        if d % 32:
+            raise ValueError(f"model.hidden_dim must be a multiple of 32 (GroupNorm(32) in input_proj), got {d}")
+        if dn is not None and not two_stage:
+            raise ValueError("model.dn.enabled needs model.two_stage (denoising boxes join the selected proposals)")
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.two_stage = two_stage
+        self.dn = dn
+        self.dac = dac
+        self.backbone = backbone
+        self.transformer = transformer
+        self.position_embedding = PositionEmbeddingSine(d // 2, pe_temperature)
+        projs = [nn.Sequential(nn.Conv2D(c, d, 1), GroupNorm(32, d)) for c in backbone.num_channels]
+        in_ch = backbone.num_channels[-1]
+        for _ in range(num_feature_levels - len(projs)):  # extra levels: stride-2 3x3 convs on C5, then on those
+            projs.append(nn.Sequential(nn.Conv2D(in_ch, d, 3, stride=2, padding=1), GroupNorm(32, d)))
+            in_ch = d
+        self.input_proj = nn.LayerList(projs)
+        num_pred = len(transformer.decoder.layers) + (1 if two_stage else 0)  # + the proposal head
+        self.class_embed = nn.LayerList([Linear(d, num_classes) for _ in range(num_pred)])
+        self.bbox_embed = nn.LayerList([MLP(d, d, 4, 3) for _ in range(num_pred)])
+        if not two_stage:
+            self.query_embed = embedding(num_queries, 2 * d)
+        elif mixed_selection:
+            self.query_embed = embedding(num_queries, d)
+        if dn is not None:
+            self.label_enc = embedding(num_classes + 1, d)
+        self._reset_parameters()
+
+    def _reset_parameters(self):
+        prior = -math.log((1 - 0.01) / 0.01)  # every class starts at probability 0.01
+        zeros = nn.initializer.Constant(0.0)
+        for head in self.class_embed:
+            nn.initializer.Constant(prior)(head.bias)
+        for head in self.bbox_embed:
+            zeros(head.layers[-1].weight)
+            zeros(head.layers[-1].bias)
+        if not self.two_stage:  # one-stage: the first layer starts from small boxes around its point
+            bias = self.bbox_embed[0].layers[-1].bias
+            bias.set_value(paddle.to_tensor([0.0, 0.0, -2.0, -2.0], dtype=bias.dtype))  # bias is all zeros here
+        for proj in self.input_proj:
+            nn.initializer.XavierUniform()(proj[0].weight)
+            zeros(proj[0].bias)
+
+    def features(self, images, masks):
+        """-> (srcs L x [B, D, H_l, W_l], masks L x bool [B, H_l, W_l], pos L x float32 [B, D, H_l, W_l])."""
+        feats = self.backbone(images, masks)
+        srcs = [proj(x) for proj, (x, _) in zip(self.input_proj, feats)]
+        lvl_masks = [m for _, m in feats]
+        for proj in self.input_proj[len(feats):]:
+            srcs.append(proj(feats[-1][0] if len(srcs) == len(feats) else srcs[-1]))
+            lvl_masks.append(F.interpolate(masks[None].astype("float32"), size=srcs[-1].shape[-2:])[0].astype("bool"))
+        return srcs, lvl_masks, [self.position_embedding(m) for m in lvl_masks]
+
+    def forward(self, images, masks, targets=None, dn_rng=None):
+        srcs, lvl_masks, pos = self.features(images, masks)
+        dn = None
+        dn_content = dn_boxes = attn_mask = None
+        if self.training and self.dn is not None:
+            if targets is None:
+                raise ValueError("DACDETR: training with denoising needs the targets: model(images, masks, targets)")
+            rng = dn_rng if dn_rng is not None else numpy_rng()
+            dn = prepare_dn(targets_to_numpy(targets), self.num_classes, self.num_queries, rng=rng, **self.dn)
+            if dn["pad_size"] > 0:
+                dn_content, dn_boxes, attn_mask = dn_queries_to_tensors(dn, self.label_enc, images.place)
+        c_stream = self.training and self.dac
+        query_embed = self.query_embed.weight if hasattr(self, "query_embed") else None
+        n_dec = len(self.transformer.decoder.layers)
+        enc_heads = (self.class_embed[n_dec], self.bbox_embed[n_dec]) if self.two_stage else None
+        tr = self.transformer(srcs, lvl_masks, pos, enc_heads, self.bbox_embed[:n_dec], query_embed, dn_content,
+                              dn_boxes, attn_mask, c_stream)
+
+        pad = 0 if dn is None else dn["pad_size"]
+        logits = [self.class_embed[i](h) for i, h in enumerate(tr["hs"])]
+        out = _stream(logits, tr["boxes"], start=pad)
+        if self.two_stage:
+            out["enc_outputs"] = {"pred_logits": tr["enc_logits"], "pred_boxes": tr["enc_boxes"]}
+        if dn is not None:
+            out["dn_meta"] = {k: dn[k] for k in ("pad_size", "num_groups", "group_size", "positive_idx")}
+            if pad:
+                out["dn_outputs"] = _stream(logits, tr["boxes"], end=pad)
+            else:  # keep label_enc in the graph so every parameter is used in every step (data-parallel)
+                out["pred_logits"] = out["pred_logits"] + 0.0 * self.label_enc.weight.sum()
+        if c_stream:
+            logits_c = [self.class_embed[i](h) for i, h in enumerate(tr["hs_c"])]
+            out["c_outputs"] = _stream(logits_c, tr["boxes_c"], start=pad)
+            if pad:
+                out["c_dn_outputs"] = _stream(logits_c, tr["boxes_c"], end=pad)
+        return out
