@@ -1,13 +1,7 @@
 """Training losses of the DAC-DETR family, following the official release's SetCriterion.
 
-criterion(outputs, targets, num_boxes, rng=None) -> {term: weighted scalar}; the sum of the values is the total
-loss, and `weight_dict[term]` is each term's weight (so term / weight is the raw value, for logging). Terms are
-named loss_{ce,bbox,giou}{stream}{layer}: stream "" (O-decoder, Hungarian one-to-one), "_dn" (its denoising
-queries), "_c" (C-decoder, one-to-many), "_c_dn" (C-decoder denoising queries), "_enc" (encoder proposals);
-layer "" for the last decoder layer and "_i" for earlier layer i (0-based). Normalizers: num_boxes (O-decoder,
-encoder), num_boxes * denoising groups (denoising), dac.loss_norm * num_boxes (C-decoder; the release repeats
-every target 3 times to count them). `num_boxes` is the caller's GT count (mean over ranks); each normalizer
-is clamped to >= 1.
+The terms, their names, weights and normalizers: common/set_criterion.py (shared with the torch tree).
+The math of one layer's terms is here:
 
 Classification (loss.type):
   focal  sigmoid focal loss (alpha 0.25, gamma 2) with one-hot targets, summed / normalizer;
@@ -31,6 +25,7 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from common.matching.ranking import keep_best_duplicates, rank_in_groups
+from common.set_criterion import SetCriterionBase, pair_arrays
 
 from .box_ops import box_cxcywh_to_xyxy, elementwise_box_iou, elementwise_generalized_box_iou
 from .utils import numpy_rng, targets_to_numpy, targets_to_tensors
@@ -60,92 +55,29 @@ def ice_loss(logits, pos, t, normalizer, gamma=2.0):
     return loss.sum() / normalizer
 
 
-class SetCriterion(nn.Layer):
-    """Losses of every decoder layer and stream (module docstring).
+class SetCriterion(SetCriterionBase, nn.Layer):
+    """Losses of every decoder layer and stream: common.set_criterion.SetCriterionBase with paddle tensors.
 
-    matcher: common.matching.HungarianMatcher; assigner: common.matching.OneToManyAssigner or None (no DAC).
+    forward(outputs, targets, num_boxes, rng=None) -> {term: weighted scalar tensor}; see SetCriterionBase.
     """
 
-    def __init__(self, num_classes, matcher, assigner=None, num_layers=6, two_stage=True, dn=True, loss_type="ice",
-                 focal_alpha=0.25, focal_gamma=2.0, ice_alpha=0.25, rank_tau=1.5, class_weight=1.0,
-                 bbox_weight=5.0, giou_weight=2.0, enc_class_weight=2.0, dac_loss_norm=3.0,
-                 dac_assign_boxes="o_decoder"):
-        super().__init__()
-        if loss_type not in ("focal", "ice"):
-            raise ValueError(f"model.loss.type must be focal or ice, got {loss_type!r}")
-        if dac_assign_boxes not in ("o_decoder", "c_decoder"):
-            raise ValueError(f"model.dac.assign_boxes must be o_decoder or c_decoder, got {dac_assign_boxes!r}")
-        self.num_classes = num_classes
-        self.matcher = matcher
-        self.assigner = assigner
-        self.loss_type = loss_type
-        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
-        self.ice_alpha, self.rank_tau = ice_alpha, rank_tau
-        self.dac_loss_norm = dac_loss_norm
-        self.dac_assign_boxes = dac_assign_boxes
-        self.num_layers = num_layers
-        base = {"loss_ce": class_weight, "loss_bbox": bbox_weight, "loss_giou": giou_weight}
-        streams = [""] + (["_dn"] if dn else []) + (["_c"] if assigner is not None else []) + \
-                  (["_c_dn"] if dn and assigner is not None else [])
-        layers = [f"_{i}" for i in range(num_layers - 1)] + [""]
-        self.weight_dict = {k + s + lay: w for s in streams for lay in layers for k, w in base.items()}
-        if two_stage:
-            self.weight_dict.update(loss_ce_enc=enc_class_weight, loss_bbox_enc=bbox_weight,
-                                    loss_giou_enc=giou_weight)
+    def __init__(self, num_classes, matcher, assigner=None, **kwargs):
+        nn.Layer.__init__(self)
+        SetCriterionBase.__init__(self, num_classes, matcher, assigner, **kwargs)
 
     def forward(self, outputs, targets, num_boxes, rng=None):
-        """outputs: the model's training dict; targets: B dicts ("labels" [n], "boxes" [n, 4] cxcywh; numpy or
-        tensors); num_boxes: GT boxes per rank (float); rng: numpy Generator of the one-to-many sampling (default:
-        seeded from Paddle's global RNG) -> {term: weighted scalar tensor}."""
-        c_norm = max(self.dac_loss_norm * float(num_boxes), 1.0)  # clamped after scaling, as released
-        num_boxes = max(float(num_boxes), 1.0)
-        place = outputs["pred_logits"].place
-        targets = targets_to_numpy(targets)
-        tgt = targets_to_tensors(targets, place)
-        raw = {}
-        for i, layer in enumerate(self._layers(outputs)):
-            indices = self.matcher(*self._numpy(layer["pred_logits"], layer["pred_boxes"]), targets)
-            raw.update(self._suffix(self._terms(layer, tgt, indices, num_boxes), "", i))
+        return self.compute(outputs, targets, num_boxes, rng)
 
-        dn_meta = outputs.get("dn_meta")
-        if dn_meta is not None:
-            for stream, key in (("_dn", "dn_outputs"), ("_c_dn", "c_dn_outputs")):
-                if stream == "_c_dn" and self.assigner is None:
-                    continue
-                if dn_meta["pad_size"] == 0:  # no GT in the batch: the terms exist, at zero
-                    zero = outputs["pred_logits"].sum() * 0.0
-                    raw.update({f"{k}{stream}{lay}": zero for k in ("loss_ce", "loss_bbox", "loss_giou")
-                                for lay in [f"_{i}" for i in range(self.num_layers - 1)] + [""]})
-                    continue
-                norm = num_boxes * dn_meta["num_groups"]
-                for i, layer in enumerate(self._layers(outputs[key])):
-                    raw.update(self._suffix(self._terms(layer, tgt, dn_meta["positive_idx"], norm), stream, i))
+    def _targets(self, targets, like):
+        return targets_to_tensors(targets, like.place)
 
-        if self.assigner is not None and "c_outputs" in outputs:
-            rng = rng if rng is not None else numpy_rng()
-            o_layers = self._layers(outputs)
-            for i, layer in enumerate(self._layers(outputs["c_outputs"])):
-                boxes = o_layers[i]["pred_boxes"] if self.dac_assign_boxes == "o_decoder" else layer["pred_boxes"]
-                indices = self.assigner(*self._numpy(layer["pred_logits"], boxes), targets, rng=rng)
-                terms = self._terms(layer, tgt, indices, c_norm, one_to_many=True)
-                raw.update(self._suffix(terms, "_c", i))
+    @staticmethod
+    def _targets_to_numpy(targets):
+        return targets_to_numpy(targets)
 
-        if "enc_outputs" in outputs:
-            enc = outputs["enc_outputs"]
-            binary = [{"labels": np.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
-            # class-agnostic matching: only the class-0 column matters, so only that one is copied
-            indices = self.matcher(*self._numpy(enc["pred_logits"][..., :1], enc["pred_boxes"]), binary)
-            bin_tgt = [{"labels": paddle.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in tgt]
-            terms = self._terms(enc, bin_tgt, indices, num_boxes, focal=True)
-            raw.update({f"{k}_enc": v for k, v in terms.items()})
-        return {k: v * self.weight_dict[k] for k, v in raw.items()}
-
-    def _layers(self, stream):
-        return list(stream["aux_outputs"]) + [stream]
-
-    def _suffix(self, terms, stream, layer):
-        tail = "" if layer == self.num_layers - 1 else f"_{layer}"
-        return {f"{k}{stream}{tail}": v for k, v in terms.items()}
+    @staticmethod
+    def _default_rng():
+        return numpy_rng()  # seeded from Paddle's global RNG
 
     @staticmethod
     def _numpy(logits, boxes):
@@ -155,10 +87,7 @@ class SetCriterion(nn.Layer):
         """Class, L1 and GIoU losses of one layer's outputs for per-image (query_idx, gt_idx) pairs."""
         logits, boxes = layer["pred_logits"], layer["pred_boxes"]
         place = logits.place
-        batch_np = np.concatenate([np.full(len(q), b, dtype=np.int64) for b, (q, _) in enumerate(indices)])
-        query_np = np.concatenate([np.asarray(q, dtype=np.int64) for q, _ in indices])
-        offsets = np.cumsum([0] + [len(t["labels"]) for t in tgt])
-        gt_np = np.concatenate([np.asarray(g, dtype=np.int64) + offsets[b] for b, (_, g) in enumerate(indices)])
+        batch_np, query_np, gt_np = pair_arrays(indices, [len(t["labels"]) for t in tgt])
         # one host-to-device copy for all indices; gather / gather_nd are cheaper than tensor-indexed getitem
         idx = paddle.to_tensor(np.stack([batch_np, query_np, gt_np]), place=place)  # [3, P]
         batch_idx, query_idx, gt_idx = paddle.unbind(idx, axis=0)
