@@ -16,7 +16,7 @@ import sys
 from typing import List, Optional
 
 from common.config import ConfigError
-from common.errors import UserError
+from common.errors import TrainingStopped, UserError
 
 FRAMEWORKS = {"torch": "torch", "paddle": "paddle"}  # --framework -> the package that must be installed
 EXIT_USAGE = 2
@@ -60,6 +60,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         tree = load_tree(args.framework)
         getattr(tree, args.command)(args)
+    except TrainingStopped as e:  # a checkpoint was saved; the message says where and how to go on
+        print(f"{args.command}.sh: {e}", file=sys.stderr)
+        return e.exit_code
     except (ConfigError, UserError) as e:
         print(f"{args.command}.sh: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -7,12 +7,15 @@ once, so the two frameworks cannot drift apart.
 import logging
 import math
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Protocol, Tuple
 
 import numpy as np
 
 from common.checkpoint import BEST, LAST
+from common.errors import TrainingStopped
 from common.evaluation.evaluator import DetectionEvaluator, report, write_eval_json
 from common.log import MetricsWriter, progress
 from common.meters import Meters, log_keys
@@ -22,11 +25,43 @@ logger = logging.getLogger("common.loop")
 
 @dataclass
 class TrainState:
-    """Where training is: the epoch in progress, batches of it done, global iteration, skipped steps."""
+    """Where training is: the epoch in progress, batches of it done, global iteration, skipped steps (in total
+    and in a row), and why it stops early, if it does ("" while it runs)."""
     epoch: int = 0
     step_in_epoch: int = 0
     iteration: int = 0
     skipped_steps: int = 0
+    skipped_in_a_row: int = 0
+    stop_reason: str = ""
+
+
+class StopSignals:
+    """Turns SIGINT / SIGTERM into a request to stop after the current step (so a checkpoint can be written),
+    while installed; a second signal of either kind interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        logger.warning("%s received: stopping after this step and saving a checkpoint (again to abort now)",
+                       signal.Signals(signum).name)
 
 
 class Trainer(Protocol):
@@ -53,6 +88,9 @@ class Trainer(Protocol):
     def gather(self, obj) -> List:
         """Every rank's `obj`, in rank order."""
 
+    def any_rank(self, flag: bool) -> bool:
+        """True when `flag` is true on at least one rank (every rank must call it)."""
+
 
 def step_rngs(seed: int, rank: int, iteration: int) -> Tuple[np.random.Generator, np.random.Generator]:
     """(denoising-noise RNG, one-to-many-subsampling RNG) of one training step: functions of (seed, rank, iteration)
@@ -61,16 +99,22 @@ def step_rngs(seed: int, rank: int, iteration: int) -> Tuple[np.random.Generator
     return np.random.default_rng(dn), np.random.default_rng(loss)
 
 
-def train_one_epoch(trainer: Trainer, loader, state: TrainState, train_cfg, metrics: MetricsWriter) -> bool:
-    """Trains until the loader ends or `train.max_iters` is reached; returns True when max_iters stopped it."""
+def train_one_epoch(trainer: Trainer, loader, state: TrainState, train_cfg, metrics: MetricsWriter,
+                    signals: Optional[StopSignals] = None) -> bool:
+    """Trains until the loader ends, or stops early; returns True when it stopped early: `train.max_iters`
+    reached, a stop signal on any rank, or `train.max_nonfinite_in_a_row` skipped steps in a row (the last two
+    set `state.stop_reason`)."""
     meters = Meters(window=train_cfg.log_interval)
     bar = progress(loader, desc=f"epoch {state.epoch}", total=len(loader) - state.step_in_epoch, rank=trainer.rank)
     for batch in bar:
         loss, losses = trainer.train_step(batch, state.iteration)
         if loss is None:
             state.skipped_steps += 1
+            state.skipped_in_a_row += 1
             logger.warning("iteration %d: non-finite loss, step skipped (%d so far)", state.iteration,
                            state.skipped_steps)
+        else:
+            state.skipped_in_a_row = 0
         state.iteration += 1
         state.step_in_epoch += 1
         meters.update(loss=math.nan if loss is None else loss, **losses)
@@ -80,7 +124,14 @@ def train_one_epoch(trainer: Trainer, loader, state: TrainState, train_cfg, metr
                         meters.format(log_keys(meters.smoothed())))
             bar.set_postfix(loss=f"{meters.smoothed()['loss']:.3f}")
             metrics.write(kind="train", epoch=state.epoch, iteration=state.iteration, lr=lr, **meters.smoothed())
-        if train_cfg.max_iters and state.iteration >= train_cfg.max_iters:
+        limit = train_cfg.max_nonfinite_in_a_row
+        if limit and state.skipped_in_a_row >= limit:  # the same on every rank: skips are agreed on
+            state.stop_reason = (f"{state.skipped_in_a_row} steps in a row had a non-finite loss (iteration "
+                                 f"{state.iteration}); lower train.lr or check the data")
+        elif trainer.any_rank(signals is not None and signals.received is not None):
+            name = signal.Signals(signals.received).name if signals is not None and signals.received else "a signal"
+            state.stop_reason = f"stopped by {name} (on some rank) at iteration {state.iteration}"
+        if state.stop_reason or (train_cfg.max_iters and state.iteration >= train_cfg.max_iters):
             loader.close()  # stop this pass's workers now, not when the generator is collected
             return True
     return False
@@ -108,19 +159,36 @@ def fit(trainer: Trainer, cfg, state: TrainState, train_loader, run_eval: Callab
     evaluate every `train.eval_interval` epochs and at the end, write eval.json and print the COCO table.
 
     A run stopped by `train.max_iters` saves where it stopped (mid-epoch), so `--resume auto` continues it.
+    SIGINT / SIGTERM, or `train.max_nonfinite_in_a_row` skipped steps in a row, also save where training stopped
+    (the weights of the last good step: skipped steps change nothing) and raise TrainingStopped, without the
+    final evaluation.
     """
     rank = trainer.rank
     metrics = MetricsWriter(cfg.output_dir, rank)
     last_path = os.path.join(cfg.output_dir, LAST + suffix)
-    best_ap, result = -1.0, None
 
     def checkpoint(path):
         if rank == 0:
             trainer.save(path, state)
 
+    with StopSignals() as signals:
+        result = _epochs(trainer, cfg, state, train_loader, run_eval, metrics, signals, checkpoint, last_path,
+                         os.path.join(cfg.output_dir, BEST + suffix))
+    if rank == 0 and result is not None:
+        finish(cfg.output_dir, result, framework, last_path, epoch=state.epoch, iteration=state.iteration)
+
+
+def _epochs(trainer, cfg, state, train_loader, run_eval, metrics, signals, checkpoint, last_path, best_path):
+    """fit's loop; returns the last evaluation's metrics (None if none ran)."""
+    best_ap, result = -1.0, None
     while state.epoch < cfg.train.epochs:
         train_loader.set_epoch(state.epoch, start_batch=state.step_in_epoch)
-        stopped = train_one_epoch(trainer, train_loader, state, cfg.train, metrics)
+        stopped = train_one_epoch(trainer, train_loader, state, cfg.train, metrics, signals)
+        if state.stop_reason:
+            checkpoint(last_path)
+            code = 128 + signals.received if signals.received else 1
+            raise TrainingStopped(f"{state.stop_reason}; checkpoint saved to {last_path} (continue with "
+                                  f"--resume auto)", code)
         if not stopped or state.step_in_epoch >= len(train_loader):
             trainer.end_epoch()
             state.epoch += 1
@@ -131,16 +199,15 @@ def fit(trainer: Trainer, cfg, state: TrainState, train_loader, run_eval: Callab
         periodic = cfg.train.eval_interval and state.epoch % cfg.train.eval_interval == 0 and state.step_in_epoch == 0
         if last or periodic:
             result = run_eval()
-            if rank == 0:
+            if trainer.rank == 0:
                 metrics.write(kind="eval", epoch=state.epoch, iteration=state.iteration, **numbers(result))
                 if result["bbox_AP"] > best_ap:
                     best_ap = result["bbox_AP"]
-                    checkpoint(os.path.join(cfg.output_dir, BEST + suffix))
+                    checkpoint(best_path)
         if stopped:
             logger.info("stopped at train.max_iters=%d", cfg.train.max_iters)
             break
-    if rank == 0 and result is not None:
-        finish(cfg.output_dir, result, framework, last_path, epoch=state.epoch, iteration=state.iteration)
+    return result
 
 
 def finish(output_dir: str, result: Dict, framework: str, checkpoint: str, **extra) -> None:

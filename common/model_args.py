@@ -18,8 +18,19 @@ def check(m) -> None:
         raise ValueError(f"model.num_feature_levels must be >= 1, got {m['num_feature_levels']}")
 
 
+def is_swin(m) -> bool:
+    """The backbone is a Swin Transformer (swin.SwinBackbone), not a ResNet (backbone.Backbone)."""
+    return m["backbone"]["name"].startswith("swin")
+
+
 def backbone_args(m) -> Dict:
+    """Arguments of swin.SwinBackbone when is_swin(m), else of backbone.Backbone."""
     bb = m["backbone"]
+    if is_swin(m):
+        if bb["dilation"]:
+            raise ValueError(f"model.backbone.dilation needs resnet50 or resnet101, not {bb['name']}")
+        return dict(name=bb["name"], frozen_stages=bb["frozen_stages"], num_levels=min(m["num_feature_levels"], 3),
+                    drop_path_rate=bb["drop_path_rate"])
     return dict(name=bb["name"], frozen_stages=bb["frozen_stages"], dilation=bb["dilation"],
                 num_levels=min(m["num_feature_levels"], 3), norm=bb["norm"])
 

@@ -89,3 +89,8 @@ class Trainer:
 
     def gather(self, obj):
         return D.all_gather_objects(obj)
+
+    def any_rank(self, flag):
+        if not D.is_dist():
+            return bool(flag)
+        return D.all_reduce_mean(paddle.to_tensor(float(flag))).item() > 0

@@ -34,6 +34,8 @@ def select_device(name: str) -> str:
     paddle.set_device(device)
     if device == "cpu":
         use_cpu_threads()
+        # transpose's strided views make the copies after them very slow on CPU (docs/paddle_vs_torch.md)
+        paddle.set_flags({"FLAGS_use_stride_kernel": False})
     return device
 
 

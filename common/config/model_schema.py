@@ -18,16 +18,24 @@ from common.config.fields import Field as F
 MODEL = {
     "num_classes": F(int, None, "number of classes (null: the number of categories in the training annotations)"),
     "backbone": {
-        "name": F(str, "resnet50", "ResNet depth (torchvision layout, FrozenBatchNorm)",
-                  choices=["resnet18", "resnet34", "resnet50", "resnet101"]),
-        "pretrained": F(str, None, "path to a torchvision ImageNet state dict (.pth/.pt/.safetensors; fc.* is "
-                                   "ignored); null: random init"),
+        "name": F(str, "resnet50", "ResNet depth (torchvision layout, FrozenBatchNorm) or Swin size (official "
+                                   "layout; window 7 = the 224-px ImageNet weights, window12 = the 384-px ones; "
+                                   "the DAC-DETR / DINO Swin-L is swin_large_window12)",
+                  choices=["resnet18", "resnet34", "resnet50", "resnet101", "swin_tiny", "swin_small", "swin_base",
+                           "swin_base_window12", "swin_large", "swin_large_window12"]),
+        "pretrained": F(str, None, "path to an ImageNet state dict: torchvision ResNet (.pth/.pt/.safetensors; fc.* "
+                                   "is ignored) or Microsoft Swin (.pth, its `model` entry; head.*, norm.*, "
+                                   "*.attn_mask are ignored); Paddle also reads .pdparams; null: random init"),
         "frozen_stages": F(int, 1, "stages not trained: -1 none, 0 the stem, 1 stem + layer1 (DETR), ... 4 all; "
-                                   "use -1 when training from random init"),
-        "norm": F(str, "frozen_bn", "normalization layers: frozen_bn (pretrained weights), bn (trainable "
-                                    "BatchNorm) or gn (GroupNorm(32): for training from random init)",
+                                   "use -1 when training from random init. Swin: 0 patch_embed, k: also layers.0 "
+                                   "..layers.{k-1} (the official Swin code's k + 1); the release trains all (-1)"),
+        "norm": F(str, "frozen_bn", "ResNet normalization layers: frozen_bn (pretrained weights), bn (trainable "
+                                    "BatchNorm) or gn (GroupNorm(32): for training from random init); Swin: "
+                                    "ignored (LayerNorm)",
                   choices=["frozen_bn", "bn", "gn"]),
         "dilation": F(bool, False, "replace the stride of layer4 by dilation (DC5; resnet50/101 only)"),
+        "drop_path_rate": F(float, 0.2, "Swin: stochastic depth rate of the last block (linear from 0; the release: "
+                                        "0.2 for 12 epochs, 0.5 for 24); ignored for ResNet"),
     },
     "hidden_dim": F(int, 256, "transformer width (a multiple of 32 because of GroupNorm(32) in input_proj)"),
     "nheads": F(int, 8, "attention heads (deformable and self-attention)"),

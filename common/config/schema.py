@@ -54,6 +54,8 @@ SCHEMA = {
         "log_interval": F(int, 20, "iterations between log lines"),
         "eval_interval": F(int, 1, "epochs between evaluations (0: only at the end)"),
         "checkpoint_interval": F(int, 1, "epochs between checkpoints"),
+        "max_nonfinite_in_a_row": F(int, 20, "stop (saving the last good state) after this many consecutive "
+                                            "steps with a non-finite loss, each skipped (0: never stop)"),
     },
     "eval": {
         "batch_size": F(int, 2, "images per batch at evaluation"),

@@ -22,7 +22,7 @@ from paddle import nn
 from common.errors import UserError
 from convert.rules import TORCH_ONLY_SUFFIX, torch_name_to_paddle
 
-from .layers import BatchNorm2D, GroupNorm
+from .layers import BatchNorm2D, Conv2D, GroupNorm
 
 logger = logging.getLogger("paddle_impl")
 
@@ -66,11 +66,11 @@ def make_norm(kind, channels):
 
 
 def _conv3x3(in_ch, out_ch, stride=1, dilation=1):
-    return nn.Conv2D(in_ch, out_ch, 3, stride=stride, padding=dilation, dilation=dilation, bias_attr=False)
+    return Conv2D(in_ch, out_ch, 3, stride=stride, padding=dilation, dilation=dilation, bias_attr=False)
 
 
 def _conv1x1(in_ch, out_ch, stride=1):
-    return nn.Conv2D(in_ch, out_ch, 1, stride=stride, bias_attr=False)
+    return Conv2D(in_ch, out_ch, 1, stride=stride, bias_attr=False)
 
 
 class BasicBlock(nn.Layer):
@@ -127,7 +127,7 @@ class ResNet(nn.Layer):
         kind, depths = _DEPTHS[name]
         block = BasicBlock if kind == "basic" else Bottleneck
         self.norm = norm
-        self.conv1 = nn.Conv2D(3, 64, 7, stride=2, padding=3, bias_attr=False)
+        self.conv1 = Conv2D(3, 64, 7, stride=2, padding=3, bias_attr=False)
         self.bn1 = make_norm(norm, 64)
         self.maxpool = nn.MaxPool2D(3, stride=2, padding=1)
         self._inplanes, self._dilation = 64, 1

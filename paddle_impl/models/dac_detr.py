@@ -33,7 +33,7 @@ from paddle import nn
 
 from common.denoising import prepare_dn
 
-from .layers import GroupNorm, Linear, embedding
+from .layers import Conv2D, GroupNorm, Linear, embedding
 from .dn_components import dn_queries_to_tensors
 from .position_encoding import PositionEmbeddingSine
 from .utils import numpy_rng, targets_to_numpy
@@ -79,10 +79,10 @@ class DACDETR(nn.Layer):
         self.backbone = backbone
         self.transformer = transformer
         self.position_embedding = PositionEmbeddingSine(d // 2, pe_temperature)
-        projs = [nn.Sequential(nn.Conv2D(c, d, 1), GroupNorm(32, d)) for c in backbone.num_channels]
+        projs = [nn.Sequential(Conv2D(c, d, 1), GroupNorm(32, d)) for c in backbone.num_channels]
         in_ch = backbone.num_channels[-1]
         for _ in range(num_feature_levels - len(projs)):  # extra levels: stride-2 3x3 convs on C5, then on those
-            projs.append(nn.Sequential(nn.Conv2D(in_ch, d, 3, stride=2, padding=1), GroupNorm(32, d)))
+            projs.append(nn.Sequential(Conv2D(in_ch, d, 3, stride=2, padding=1), GroupNorm(32, d)))
             in_ch = d
         self.input_proj = nn.LayerList(projs)
         num_pred = len(transformer.decoder.layers) + (1 if two_stage else 0)  # + the proposal head

@@ -351,22 +351,26 @@ def test_every_trainable_parameter_gets_gradient():
     model, criterion, _ = tiny_with_loss()
     model.train()
     opt = _adamw(model)
+    # The 64x64 images' stride-64 level is 1x1 pixel: GroupNorm(32) normalizes one value per group and outputs
+    # its bias, so the gradient of the convolution before it (and of the norm's weight) is zero up to rounding,
+    # exactly 0 or noise depending on the kernel (torch: noise <= 2e-4). Those are checked apart.
+    one_pixel = ("input_proj.3.0.", "input_proj.3.1.weight")
     no_grad = []
     for _ in range(2):
         _, losses = _loss(model, criterion)
         paddle.add_n(list(losses.values())).backward()
-        no_grad.append([n for n, p in model.named_parameters()
-                        if not p.stop_gradient and (p.grad is None or not p.grad.abs().sum().item())])
+        no_grad.append([n for n, p in model.named_parameters() if not p.stop_gradient and not n.startswith(one_pixel)
+                        and (p.grad is None or not p.grad.abs().sum().item())])
+        for n, p in model.named_parameters():
+            if n.startswith(one_pixel) and p.grad is not None:
+                assert p.grad.abs().max().item() < 1e-3, n
         opt.step()
         opt.clear_grad()
     # As in torch (see test_torch_model.py): at step 0 the zero-initialized box-head last layers and deformable
-    # offsets/weights block the box heads' first layers and level_embed. Unlike torch, Paddle's gradient through
-    # the 64x64 images' stride-64 level (1x1 pixels, so GroupNorm(32) normalizes one value per group and outputs
-    # its bias) is exactly 0; torch's is rounding noise (<= 2e-4).
-    one_pixel_level = ["input_proj.3.0.weight", "input_proj.3.0.bias", "input_proj.3.1.weight"]
-    assert no_grad[0] == ["transformer.level_embed"] + one_pixel_level + [
-        f"bbox_embed.{i}.layers.{j}.{w}" for i in range(3) for j in (0, 1) for w in ("weight", "bias")]
-    assert no_grad[1] == one_pixel_level
+    # offsets/weights block the box heads' first layers and level_embed.
+    assert no_grad[0] == ["transformer.level_embed"] + [f"bbox_embed.{i}.layers.{j}.{w}" for i in range(3)
+                                                        for j in (0, 1) for w in ("weight", "bias")]
+    assert no_grad[1] == []
     frozen = [n for n, p in model.named_parameters() if p.stop_gradient]
     assert frozen and all(n.startswith(("backbone.body.conv1", "backbone.body.layer1")) for n in frozen)
 

@@ -12,6 +12,7 @@ from .criterion import SetCriterion
 from .dac_detr import DACDETR
 from .deformable_transformer import DeformableTransformer
 from .postprocess import PostProcess
+from .swin import SwinBackbone, load_pretrained as load_swin_pretrained
 from .utils import targets_to_tensors  # noqa: F401  (re-exported for the engine)
 
 
@@ -19,8 +20,9 @@ def build_model(cfg):
     """cfg: the resolved config (uses cfg["model"], all keys present) -> (DACDETR, SetCriterion, PostProcess)."""
     m = cfg["model"]
     A.check(m)
-    backbone = Backbone(**A.backbone_args(m))
+    backbone_class, load = (SwinBackbone, load_swin_pretrained) if A.is_swin(m) else (Backbone, load_pretrained)
+    backbone = backbone_class(**A.backbone_args(m))
     if m["backbone"]["pretrained"]:
-        load_pretrained(backbone.body, m["backbone"]["pretrained"])
+        load(backbone.body, m["backbone"]["pretrained"])
     model = DACDETR(backbone, DeformableTransformer(**A.transformer_args(m)), **A.detr_args(m))
     return model, SetCriterion(**A.criterion_args(m)), PostProcess(**A.postprocess_args(m))
