@@ -17,15 +17,16 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 
 
 def prepare_run(config_path: Optional[str], overrides: Iterable[str] = (), splits: Iterable[str] = ("train", "val"),
-                rank: int = 0, write_config: bool = True) -> Config:
-    """Loads the config, makes the output dir, ensures the data of `splits` exists, fills `model.num_classes`.
+                rank: int = 0, write_config: bool = True, framework: str = "torch") -> Config:
+    """Loads the config, makes the output dir (default output/<framework>/<config name>, so the two frameworks'
+    runs of one config never mix), ensures the data of `splits` exists, fills `model.num_classes`.
 
     Raises ConfigError (with the key and file named) for anything the user has to fix.
     """
     cfg = load_config(config_path or DEFAULT_CONFIG, overrides)
     if cfg.output_dir is None:
         stem = os.path.splitext(os.path.basename(cfg._config_file))[0]
-        cfg["output_dir"] = os.path.join("output", stem)
+        cfg["output_dir"] = os.path.join("output", framework, stem)
     _make_writable_dir(cfg.output_dir)
     setup_logging(cfg.output_dir, rank)
     if cfg.data.demo_dir:

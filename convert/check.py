@@ -171,7 +171,6 @@ def synthetic_batches(images: int, batch_size: int, size: int, seed: int = 0):
 
 def build_pair(cfg, arrays: Dict[str, np.ndarray], precision: str, corrupt: Optional[str] = None):
     """(torch model, Paddle model, torch postprocess, Paddle postprocess) with the same weights, eval mode."""
-    import paddle
     import torch
 
     from convert.frameworks import torch_module_to_paddle

@@ -46,7 +46,8 @@ def seed_everything(seed: int) -> None:
 
 
 def train(args) -> None:
-    cfg = prepare_run(args.config, args.opt, splits=("train", "val"), rank=int(os.environ.get("PADDLE_TRAINER_ID", "0")))
+    cfg = prepare_run(args.config, args.opt, splits=("train", "val"),
+                      rank=int(os.environ.get("PADDLE_TRAINER_ID", "0")), framework="paddle")
     device = select_device(cfg.device)
     D.init_distributed()
     rank, world = D.get_rank(), D.get_world_size()
@@ -87,7 +88,8 @@ def train(args) -> None:
 
 
 def test(args) -> None:
-    cfg = prepare_run(args.config, args.opt, splits=("val",), rank=int(os.environ.get("PADDLE_TRAINER_ID", "0")))
+    cfg = prepare_run(args.config, args.opt, splits=("val",), rank=int(os.environ.get("PADDLE_TRAINER_ID", "0")),
+                      framework="paddle")
     select_device(cfg.device)
     D.init_distributed()
     val_ds, val_loader = build_val_loader(cfg, D.get_rank(), D.get_world_size())

@@ -42,7 +42,8 @@ def seed_everything(seed: int) -> None:
 
 
 def train(args) -> None:
-    cfg = prepare_run(args.config, args.opt, splits=("train", "val"), rank=int(os.environ.get("RANK", "0")))
+    cfg = prepare_run(args.config, args.opt, splits=("train", "val"), rank=int(os.environ.get("RANK", "0")),
+                      framework="torch")
     device = select_device(cfg.device)
     D.init_distributed(device)
     rank, world = D.get_rank(), D.get_world_size()
@@ -88,7 +89,8 @@ def train(args) -> None:
 
 
 def test(args) -> None:
-    cfg = prepare_run(args.config, args.opt, splits=("val",), rank=int(os.environ.get("RANK", "0")))
+    cfg = prepare_run(args.config, args.opt, splits=("val",), rank=int(os.environ.get("RANK", "0")),
+                      framework="torch")
     device = select_device(cfg.device)
     D.init_distributed(device)
     val_ds, val_loader = build_val_loader(cfg, D.get_rank(), D.get_world_size())

@@ -10,7 +10,7 @@ _TRAIN_SCALES = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
 
 SCHEMA = {
     "output_dir": F(str, None, "where logs, checkpoints, eval.json and the resolved config go "
-                               "(default: output/<config file name>)"),
+                               "(default: output/<framework>/<config file name>)"),
     "device": F(str, "auto", "cpu, gpu / cuda, or auto (a GPU when the framework sees one)",
                 choices=["auto", "cpu", "gpu", "cuda"]),
     "data": {

@@ -204,25 +204,31 @@ class Backbone(nn.Layer):
         return out
 
 
-def _read_state(path):
-    """{name: numpy array} from a torch .pth / .pt, a Paddle .pdparams or a .safetensors file."""
+def read_weights(path):
+    """({name: numpy array}, layout "paddle" | "torch") from a .pdparams (Paddle layout), or a .pth / .pt (its
+    `model` or `state_dict` entry if there is one; needs torch) or .safetensors (torch layout)."""
     path = str(path)
-    if path.endswith(".pdparams"):
-        state = paddle.load(path, return_numpy=True)
-    elif path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-        state = load_file(path)
-    else:
-        try:
-            import torch  # only torch reads its own files; paddle_impl does not need it otherwise
-        except ImportError:
-            raise UserError(f"model.backbone.pretrained: {path!r} is a PyTorch file and reading it needs torch, "
-                            "which is not installed; install torch or give a .pdparams / .safetensors file with "
-                            "the same keys") from None
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    return {k: np.asarray(v) for k, v in state.items()}  # torch CPU tensors convert through __array__
+    try:
+        if path.endswith(".pdparams"):
+            state, layout = paddle.load(path, return_numpy=True), "paddle"
+        elif path.endswith(".safetensors"):
+            from safetensors.numpy import load_file
+            state, layout = load_file(path), "torch"
+        else:
+            try:
+                import torch  # only torch reads its own files; paddle_impl does not need it otherwise
+            except ImportError:
+                raise UserError(f"model.backbone.pretrained: {path!r} is a PyTorch file and reading it needs torch, "
+                                "which is not installed; give a .pdparams or .safetensors file with the same keys"
+                                ) from None
+            state, layout = torch.load(path, map_location="cpu", weights_only=True), "torch"
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"model.backbone.pretrained: cannot read {path!r}: {exc}") from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    return {k: np.asarray(v) for k, v in state.items()}, layout  # torch CPU tensors convert through __array__
 
 
 def load_pretrained(body, path):
@@ -232,10 +238,7 @@ def load_pretrained(body, path):
     counters (*.num_batches_tracked) are ignored and reported; any other extra key is an error. BatchNorm
     statistics may carry torch's names (running_mean / running_var, renamed by convert/rules.py) or Paddle's.
     """
-    try:
-        state = _read_state(path)
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        raise ValueError(f"model.backbone.pretrained: cannot read {path!r}: {exc}") from None
+    state, _ = read_weights(path)  # no Linear in a ResNet: both layouts are the same but for BatchNorm names
     ignored = sorted(k for k in state if k.startswith("fc.") or k.endswith(TORCH_ONLY_SUFFIX))
     used = {torch_name_to_paddle(k): v for k, v in state.items() if k not in ignored}
     own = body.state_dict()

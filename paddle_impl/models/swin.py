@@ -15,7 +15,6 @@ levels are stages 1..3 (strides 8, 16, 32; channels 2C, 4C, 8C) or stage 3 alone
 """
 import logging
 import math
-import pickle
 
 import numpy as np
 import paddle
@@ -24,6 +23,7 @@ from paddle import nn
 
 from convert.rules import torch_to_paddle
 
+from .backbone import read_weights
 from .layers import Linear
 
 logger = logging.getLogger("paddle_impl")
@@ -354,32 +354,6 @@ IGNORED = ("head.", "norm.")
 IGNORED_SUFFIX = ".attn_mask"
 
 
-def _read_state(path):
-    """({name: numpy array}, layout "paddle" | "torch") from a .pdparams (Paddle layout), or a .pth / .pt (its
-    `model` or `state_dict` entry if there is one; needs torch) or .safetensors (torch layout)."""
-    path = str(path)
-    try:
-        if path.endswith(".pdparams"):
-            state, layout = paddle.load(path, return_numpy=True), "paddle"
-        elif path.endswith(".safetensors"):
-            from safetensors.numpy import load_file
-            state, layout = load_file(path), "torch"
-        else:
-            try:
-                import torch  # only torch reads its own files; paddle_impl does not need it otherwise
-            except ImportError:
-                raise ValueError("it is a PyTorch file and reading it needs torch, which is not installed; give a "
-                                 ".pdparams or .safetensors file with the same keys") from None
-            state, layout = torch.load(path, map_location="cpu", weights_only=True), "torch"
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        raise ValueError(f"model.backbone.pretrained: cannot read {path!r}: {exc}") from None
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    return {k: np.asarray(v) for k, v in state.items()}, layout  # torch CPU tensors convert through __array__
-
-
 def split_pretrained(state, own, path):
     """Checks a Swin state dict against the body's (`own`: {name: tensor}); -> (used names, ignored names, model
     names kept at init). Only the output norms (normK.*, absent from ImageNet checkpoints) may be missing; any
@@ -424,7 +398,7 @@ def load_pretrained(body, path):
     """Loads a Swin state dict (Microsoft ImageNet .pth, `model` entry, or a detection trunk; .pdparams in Paddle
     layout) into `body` (a SwinTransformer); returns the ignored keys. head.*, norm.* and *.attn_mask are
     ignored; the output norms normK.* keep their initialization when the file has none (ImageNet files)."""
-    state, layout = _read_state(path)
+    state, layout = read_weights(path)
     own = body.state_dict()
     used, ignored, kept = split_pretrained(state, own, path)
     state = {k: state[k] for k in used}

@@ -196,12 +196,8 @@ class Backbone(nn.Module):
         return out
 
 
-def load_pretrained(body, path):
-    """Loads a torchvision ResNet ImageNet state dict into `body` (a ResNet); returns the ignored keys.
-
-    Every key the body has must be in the file with the same shape; the classifier (fc.*) and BatchNorm
-    counters (*.num_batches_tracked) are ignored and reported; any other extra key is an error.
-    """
+def read_weights(path):
+    """{name: tensor} from a .pth / .pt (its `model` or `state_dict` entry if there is one) or .safetensors."""
     try:
         if str(path).endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -210,8 +206,20 @@ def load_pretrained(body, path):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError) as exc:
         raise ValueError(f"model.backbone.pretrained: cannot read {path!r}: {exc}") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    return state
+
+
+def load_pretrained(body, path):
+    """Loads a torchvision ResNet ImageNet state dict into `body` (a ResNet); returns the ignored keys.
+
+    Every key the body has must be in the file with the same shape; the classifier (fc.*) and BatchNorm
+    counters (*.num_batches_tracked) are ignored and reported; any other extra key is an error.
+    """
+    state = read_weights(path)
     ignored = sorted(k for k in state if k.startswith("fc.") or k.endswith("num_batches_tracked"))
     used = {k: v for k, v in state.items() if k not in ignored}
     own = body.state_dict()

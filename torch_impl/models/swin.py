@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbone import read_weights
+
 logger = logging.getLogger("torch_impl")
 
 # name: (embed_dim C, depths, num_heads, window_size). Window 7: the 224-px ImageNet checkpoints; window 12: the
@@ -335,23 +337,6 @@ IGNORED = ("head.", "norm.")
 IGNORED_SUFFIX = ".attn_mask"
 
 
-def _read_state(path):
-    """{name: tensor} from a .pth / .pt (its `model` or `state_dict` entry if there is one) or .safetensors."""
-    try:
-        if str(path).endswith(".safetensors"):
-            from safetensors.torch import load_file
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise ValueError(f"model.backbone.pretrained: cannot read {path!r}: {exc}") from None
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    return state
-
-
 def split_pretrained(state, own, path):
     """Checks a Swin state dict against the body's (`own`: {name: tensor}); -> (used names, ignored names, model
     names kept at init). Only the output norms (normK.*, absent from ImageNet checkpoints) may be missing; any
@@ -396,7 +381,7 @@ def load_pretrained(body, path):
     """Loads a Swin state dict (Microsoft ImageNet .pth, `model` entry, or a detection trunk) into `body` (a
     SwinTransformer); returns the ignored keys. head.*, norm.* and *.attn_mask are ignored; the output norms
     normK.* keep their initialization when the file has none (ImageNet files)."""
-    state = _read_state(path)
+    state = read_weights(path)
     own = body.state_dict()
     used, ignored, kept = split_pretrained(state, own, path)
     state = {k: state[k] for k in used}
