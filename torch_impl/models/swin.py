@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.swin_weights import check_tensors, split_pretrained, summarize
+
 from .backbone import read_weights
 
 logger = logging.getLogger("torch_impl")
@@ -333,50 +335,6 @@ class SwinBackbone(nn.Module):
 
 # Entries of ImageNet classification checkpoints that the detection trunk does not use: the classifier, the
 # final LayerNorm, and the fixed shifted-window masks of the 224/384-px inputs (computed here per input size).
-IGNORED = ("head.", "norm.")
-IGNORED_SUFFIX = ".attn_mask"
-
-
-def split_pretrained(state, own, path):
-    """Checks a Swin state dict against the body's (`own`: {name: tensor}); -> (used names, ignored names, model
-    names kept at init). Only the output norms (normK.*, absent from ImageNet checkpoints) may be missing; any
-    other missing or unexpected key, a shape mismatch or a different relative-position index is an error naming
-    `path` and the keys."""
-    ignored = sorted(k for k in state if k.startswith(IGNORED) or k.endswith(IGNORED_SUFFIX))
-    used = sorted(k for k in state if k not in ignored)
-    missing = sorted(set(own) - set(used))
-    kept = [k for k in missing if k.split(".")[0] in {f"norm{i}" for i in range(1, 4)}]
-    missing = [k for k in missing if k not in kept]
-    unexpected = sorted(set(used) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"model.backbone.pretrained: {path!r} does not fit this backbone: "
-                         f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)} keys), "
-                         f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} "
-                         f"({len(unexpected)} keys); is it a Swin checkpoint of the configured size?")
-    return used, ignored, kept
-
-
-def summarize(names):
-    """'head.*, layers.0.blocks.1.attn_mask, ...' -> a short description of a key list for the log."""
-    groups = sorted({"*.attn_mask" if k.endswith(IGNORED_SUFFIX) else k.split(".")[0] + ".*" for k in names})
-    return ", ".join(groups) or "nothing"
-
-
-def _check_tensors(state, shapes, indices, path):
-    """state: {name: array} to load; shapes: the model's {name: shape} in the file's layout; indices: the model's
-    {name: relative_position_index array}. Raises ValueError naming `path` and the first bad key."""
-    bad = [k for k in state if tuple(np.shape(state[k])) != tuple(shapes[k])]
-    if bad:
-        k = bad[0]
-        hint = (" (another window size: choose the backbone name with the checkpoint's window)"
-                if "relative_position" in k else "")
-        raise ValueError(f"model.backbone.pretrained: {path!r}: shape mismatch at {k}: file "
-                         f"{tuple(np.shape(state[k]))}, model {tuple(shapes[k])}{hint}")
-    for k, index in indices.items():
-        if k in state and not np.array_equal(np.asarray(state[k]), index):
-            raise ValueError(f"model.backbone.pretrained: {path!r}: {k} differs from the official index")
-
-
 def load_pretrained(body, path):
     """Loads a Swin state dict (Microsoft ImageNet .pth, `model` entry, or a detection trunk) into `body` (a
     SwinTransformer); returns the ignored keys. head.*, norm.* and *.attn_mask are ignored; the output norms
@@ -385,7 +343,7 @@ def load_pretrained(body, path):
     own = body.state_dict()
     used, ignored, kept = split_pretrained(state, own, path)
     state = {k: state[k] for k in used}
-    _check_tensors(state, {k: v.shape for k, v in own.items()},
+    check_tensors(state, {k: v.shape for k, v in own.items()},
                    {k: v.numpy() for k, v in own.items() if k.endswith("relative_position_index")}, path)
     body.load_state_dict(state, strict=False)  # what may be missing was checked: the output norms only
     logger.info("backbone: loaded %s (%d tensors); ignored %s; kept at init: %s", path, len(used),
