@@ -2,39 +2,29 @@
 
     python -m bench.ms_deform_attn [--quick] [--framework torch|paddle|all]
 
-Shapes are DAC-DETR R50 at 800x1333, batch 1, 8 heads, 4 levels (strides 8-64, ~22k tokens), 4 points,
-256 channels: the encoder (queries = tokens) and the decoder (900 queries). Sampling points sit where a
-trained-from-init model puts them: around each query's reference point (its own pixel in the encoder, a random
-point in the decoder), 1-4 pixels out along one direction per head. Prints a markdown table of median times
-after warm-up, the reference/kernel ratio from the same run, and the kernel's throughput against the machine's
-copy bandwidth (a large numpy copy, measured in the same run) on two byte counts: compulsory (every input read
-once, every output written once: the floor for any implementation) and touched (plus four value rows read per
-sample, and in the backward four gradient rows read and written: what the gathers move through the caches).
+Shapes are DAC-DETR R50 at 800x1333 (--quick: 192x288 and fewer repetitions), batch 1, 8 heads, 4 levels
+(strides 8-64, ~22k tokens at 800x1333), 4 points, 256 channels: the encoder (queries = tokens) and the decoder
+(900 queries). Sampling points sit where a trained-from-init model puts them: around each query's reference point
+(its own pixel in the encoder, a random point in the decoder), 1-4 pixels out along one direction per head. Each
+framework runs in its own process (bench/child.py). Prints a markdown table of median times after warm-up, the
+reference/kernel ratio from the same run, and the kernel's throughput against the machine's copy bandwidth (a
+large numpy copy, measured in the same process) on two byte counts: compulsory (every input read once, every
+output written once: the floor for any implementation) and touched (plus four value rows read per sample, and in
+the backward four gradient rows read and written: what the gathers move through the caches).
 """
 import argparse
-import os
-import time
 
 import numpy as np
 
+from bench.child import call
+from bench.timing import median_time
 from ops.testing import encoder_shapes, random_inputs
 
 HEADS, HEAD_DIM, POINTS, DECODER_QUERIES = 8, 32, 4, 900
+FULL, QUICK = {"size": [800, 1333], "warmup": 2, "repeats": 7}, {"size": [192, 288], "warmup": 1, "repeats": 3}
 
 
-def median_time(fn, warmup, repeats):
-    """Median wall time of fn() in seconds, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def copy_bandwidth(nbytes=512 << 20, repeats=5):
+def copy_bandwidth(nbytes=256 << 20, repeats=5):
     """Bytes/s of a large numpy copy (read + write counted)."""
     src = np.ones(nbytes // 8)
     dst = np.empty_like(src)
@@ -110,47 +100,65 @@ def paddle_runner(arrays, backend):
 RUNNERS = {"torch": torch_runner, "paddle": paddle_runner}
 
 
-def run(frameworks=("torch", "paddle"), quick=False):
-    """Time every (framework, shapes, pass, backend); return the markdown report as a string."""
-    warmup, repeats = (1, 3) if quick else (2, 7)
-    bandwidth = copy_bandwidth(repeats=3 if quick else 7)
-    shapes = encoder_shapes()
+def measure(framework, size, warmup, repeats):
+    """Times every (shapes, pass, backend) of `framework` in this process, for the encoder of a size = [H, W] input
+    and the decoder -> {"copy_gbps", "levels", "tokens", "rows": [dict per (case, pass)]}."""
+    bandwidth = copy_bandwidth(repeats=max(3, repeats))
+    shapes = encoder_shapes(*size)
     tokens = int(shapes.prod(1).sum())
     rng = np.random.default_rng(0)
-    cases = {"encoder": tokens, "decoder": DECODER_QUERIES}
-    lines = [f"ms_deform_attn, batch 1, {HEADS} heads x {HEAD_DIM} channels, {len(shapes)} levels "
-             f"{shapes.tolist()} ({tokens} tokens), {POINTS} points, float32; {os.cpu_count()} CPUs; "
-             f"numpy copy bandwidth {bandwidth / 1e9:.1f} GB/s; medians of {repeats} after {warmup} warm-up",
-             "",
+    rows = []
+    for case, queries in (("encoder", tokens), ("decoder", DECODER_QUERIES)):
+        arrays = list(random_inputs(rng, 1, HEADS, HEAD_DIM, queries, shapes, POINTS, "float32"))
+        arrays[3] = detr_like_locations(rng, shapes, queries, HEADS, POINTS, encoder=case == "encoder")
+        timings = {}
+        for backend in ("reference", "kernel"):
+            forward, forward_backward = RUNNERS[framework](arrays, backend)
+            timings[backend] = (median_time(forward, warmup, repeats), median_time(forward_backward, warmup, repeats))
+        for i, name in enumerate(("forward", "forward+backward")):
+            ref, ker = timings["reference"][i], timings["kernel"][i]
+            compulsory, touched = (b / ker / 1e9 for b in byte_counts(arrays, queries * HEADS * HEAD_DIM, i == 1))
+            rows.append({"framework": framework, "case": case, "queries": queries, "pass": name,
+                         "reference_s": ref, "kernel_s": ker, "reference_over_kernel": ref / ker,
+                         "kernel_gbps_compulsory": compulsory, "kernel_gbps_touched": touched})
+    return {"copy_gbps": bandwidth / 1e9, "levels": shapes.tolist(), "tokens": tokens, "rows": rows}
+
+
+def run(frameworks=("torch", "paddle"), quick=False):
+    """{"size", "warmup", "repeats", "frameworks": {framework: measure(...)}}, each framework in its own process."""
+    params = QUICK if quick else FULL
+    return {**params, "frameworks": {fw: call("bench.ms_deform_attn:measure", f"ms_deform_attn ({fw})",
+                                              framework=fw, **params) for fw in frameworks}}
+
+
+def table(result):
+    """Markdown report of run()'s result."""
+    first = next(iter(result["frameworks"].values()))
+    copy = {fw: r["copy_gbps"] for fw, r in result["frameworks"].items()}
+    lines = [f"ms_deform_attn, batch 1, {HEADS} heads x {HEAD_DIM} channels, {len(first['levels'])} levels "
+             f"{first['levels']} (a {result['size'][0]}x{result['size'][1]} input, {first['tokens']} tokens), "
+             f"{POINTS} points, float32; numpy copy bandwidth "
+             + ", ".join(f"{c:.1f} GB/s ({fw} process)" for fw, c in copy.items())
+             + f"; medians of {result['repeats']} after {result['warmup']} warm-up", "",
              "| framework | shapes | queries | pass | reference ms | kernel ms | reference/kernel "
              "| kernel GB/s compulsory (% of copy) | kernel GB/s touched (% of copy) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for framework in frameworks:
-        for case, queries in cases.items():
-            arrays = list(random_inputs(rng, 1, HEADS, HEAD_DIM, queries, shapes, POINTS, "float32"))
-            arrays[3] = detr_like_locations(rng, shapes, queries, HEADS, POINTS, encoder=case == "encoder")
-            out_elems = queries * HEADS * HEAD_DIM
-            timings = {}
-            for backend in ("reference", "kernel"):
-                forward, forward_backward = RUNNERS[framework](arrays, backend)
-                timings[backend] = (median_time(forward, warmup, repeats),
-                                    median_time(forward_backward, warmup, repeats))
-            for i, name in enumerate(("forward", "forward+backward")):
-                ref, ker = timings["reference"][i], timings["kernel"][i]
-                rates = [b / ker for b in byte_counts(arrays, out_elems, backward=i == 1)]
-                lines.append(f"| {framework} | {case} | {queries} | {name} | {ref * 1e3:.1f} | {ker * 1e3:.1f} "
-                             f"| {ref / ker:.1f}x | "
-                             + " | ".join(f"{r / 1e9:.1f} ({100 * r / bandwidth:.0f}%)" for r in rates) + " |")
+    for fw, r in result["frameworks"].items():
+        for row in r["rows"]:
+            rates = " | ".join(f"{row[k]:.1f} ({100 * row[k] / copy[fw]:.0f}%)"
+                               for k in ("kernel_gbps_compulsory", "kernel_gbps_touched"))
+            lines.append(f"| {fw} | {row['case']} | {row['queries']} | {row['pass']} | {row['reference_s'] * 1e3:.1f} "
+                         f"| {row['kernel_s'] * 1e3:.1f} | {row['reference_over_kernel']:.1f}x | {rates} |")
     return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.ms_deform_attn", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repetitions")
     parser.add_argument("--framework", choices=("torch", "paddle", "all"), default="all")
     args = parser.parse_args(argv)
     frameworks = ("torch", "paddle") if args.framework == "all" else (args.framework,)
-    print(run(frameworks, args.quick))
+    print(table(run(frameworks, args.quick)))
 
 
 if __name__ == "__main__":

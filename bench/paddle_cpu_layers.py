@@ -8,7 +8,6 @@ OMP_NUM_THREADS threads (default: all usable cores).
 """
 import argparse
 import os
-import time
 
 from paddle_impl import CPU_THREADS, use_cpu_threads  # before paddle: importing paddle sets OMP_NUM_THREADS
 
@@ -18,6 +17,7 @@ import paddle.nn.functional as PF
 import torch
 import torch.nn.functional as TF
 
+from bench.timing import median_time
 from ops import paddle_cpu_layers
 
 # (name, N, C, H, W, O, kernel, stride, padding, bias); the stem's input (the images) needs no gradient
@@ -38,18 +38,6 @@ GROUP_NORMS = [
     ("gn 256 @28x35", 2, 256, 28, 35, 32),
     ("gn 512 @14x18", 2, 512, 14, 18, 32),
 ]
-
-
-def median_ms(fn, repeats):
-    """Median wall time of fn() in milliseconds, after two warm-up calls."""
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
 
 
 def paddle_step(forward, inputs, grad):
@@ -119,7 +107,7 @@ def main():
     cases = [(name, conv_steps(*shape, rng)) for name, *shape in CONVS]
     cases += [(name, group_norm_steps(*shape, rng)) for name, *shape in GROUP_NORMS]
     for name, steps in cases:
-        ms = {key: median_ms(fn, repeats) for key, fn in steps.items()}
+        ms = {key: 1e3 * median_time(fn, 2, repeats) for key, fn in steps.items()}
         for key in totals:
             totals[key] += ms[key]
         print(f"| {name} | {ms['paddle']:.2f} | {ms['op']:.2f} | {ms['torch']:.2f} | "

@@ -2,36 +2,66 @@
 
 A framework tree passes its own save function (torch.save / paddle.save); this module makes the write atomic
 (temp file, fsync, rename) and keeps the file it replaces as `<name>.prev`, so a crash or a full disk while
-saving never loses the last good checkpoint.
+saving never loses the last good checkpoint. A failed write (disk full, I/O error) stops training with an
+OSError naming the file and the free space: going on without checkpoints would lose work silently.
 """
+import contextlib
 import os
-from typing import Callable, List, Optional
+import shutil
+from typing import Callable, Iterator, List, Optional, Sequence
 
 from common.errors import UserError
 
 LAST, BEST = "checkpoint_last", "checkpoint_best"
 
 
-def atomic_save(save: Callable[[str], None], path: str, keep_previous: bool = True) -> None:
-    """Calls `save(tmp_path)`, fsyncs it and renames it to `path`; the old `path` becomes `path.prev`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.tmp{os.getpid()}"
+@contextlib.contextmanager
+def atomic_files(paths: Sequence[str], keep_previous: bool = True) -> Iterator[List[str]]:
+    """Yields a temp path per entry of `paths` for the block to write; when it ends without error, fsyncs them and
+    puts them in place together (the files they replace become `<path>.prev`, all moved before any is replaced).
+
+    On an error nothing is replaced and the temp files are removed; a failed write (OSError, or the RuntimeError
+    torch's writer raises) becomes an OSError naming the files, the error and the free space."""
+    tmps = [f"{path}.tmp{os.getpid()}" for path in paths]
     try:
-        save(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        if keep_previous and os.path.exists(path):
-            os.replace(path, path + ".prev")
+        yield tmps
+        for tmp in tmps:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+    except BaseException as e:
+        for tmp in tmps:
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+        if isinstance(e, (OSError, RuntimeError)):
+            directory = os.path.dirname(os.path.abspath(paths[0]))
+            free = shutil.disk_usage(directory).free / 2**20
+            raise OSError(f"cannot write {' and '.join(paths)}: {error_text(e)} (disk full? "
+                          f"{free:.0f} MB free in {directory}); the files there are unchanged") from e
+        raise
+    if keep_previous:
+        for path in paths:
+            if os.path.exists(path):
+                os.replace(path, path + ".prev")
+    for path, tmp in zip(paths, tmps):
         os.replace(tmp, path)
+    for directory in {os.path.dirname(os.path.abspath(path)) for path in paths}:
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+
+def error_text(error: BaseException, limit: int = 200) -> str:
+    """"Type: first line of the message" of an error (cut to `limit` characters), or "Type" when it has none."""
+    line = (str(error).strip().splitlines() or [""])[0][:limit]
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+def atomic_save(save: Callable[[str], None], path: str, keep_previous: bool = True) -> None:
+    """Calls `save(tmp_path)` and puts the result in place atomically (see atomic_files)."""
+    with atomic_files([path], keep_previous) as (tmp,):
+        save(tmp)
 
 
 def resume_candidates(output_dir: str, suffix: str) -> List[str]:

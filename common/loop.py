@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Protocol, Tuple
 
@@ -137,15 +138,35 @@ def train_one_epoch(trainer: Trainer, loader, state: TrainState, train_cfg, metr
     return False
 
 
-def evaluate(trainer: Trainer, loader, evaluator: DetectionEvaluator, output_dir: Optional[str] = None):
+def report_skipped(trainer: Trainer, loader, what: str, metrics: Optional[MetricsWriter] = None, **record) -> None:
+    """Logs, and writes to metrics.jsonl (kind "skipped") when given `metrics`, what `data.invalid: skip` left out
+    of `what` (e.g. "epoch 3"): the images the loader replaced in its last pass, summed over ranks, and the bad
+    annotation records the dataset dropped when it was read. Silent when nothing was skipped; every rank calls it."""
+    images = Counter()
+    if trainer.any_rank(bool(getattr(loader, "skipped", None))):  # loaders without skip counting report nothing
+        for part in trainer.gather(dict(loader.skipped)):
+            images.update(part)
+    records = getattr(getattr(loader, "dataset", None), "skipped", None) or {}
+    if not images and not records:
+        return
+    logger.warning("%s: data.invalid=skip left out %d unusable images %s (each replaced by another) and %d bad "
+                   "annotation records %s", what, sum(images.values()), dict(images), sum(records.values()),
+                   dict(records))
+    if metrics is not None:
+        metrics.write(kind="skipped", images=dict(images), records=dict(records), **record)
+
+
+def evaluate(trainer: Trainer, loader, evaluator: DetectionEvaluator, output_dir: Optional[str] = None,
+             draw: int = 0):
     """Runs `trainer.predict` over `loader`, gathers detections on rank 0; returns the COCO metrics there
-    (None on other ranks)."""
+    (None on other ranks). `draw` > 0: also writes that many images with their detections drawn (test.sh --draw)."""
     for batch in progress(loader, desc="eval", rank=trainer.rank):
         evaluator.add([t["image_id"] for t in batch["targets"]], trainer.predict(batch))
+    report_skipped(trainer, loader, "evaluation")
     gathered = trainer.gather(evaluator.per_image)
     if trainer.rank != 0:
         return None
-    return evaluator.summarize(gathered, output_dir)
+    return evaluator.summarize(gathered, output_dir, draw)
 
 
 def numbers(metrics: Dict) -> Dict[str, float]:
@@ -184,6 +205,8 @@ def _epochs(trainer, cfg, state, train_loader, run_eval, metrics, signals, check
     while state.epoch < cfg.train.epochs:
         train_loader.set_epoch(state.epoch, start_batch=state.step_in_epoch)
         stopped = train_one_epoch(trainer, train_loader, state, cfg.train, metrics, signals)
+        report_skipped(trainer, train_loader, f"epoch {state.epoch}", metrics, epoch=state.epoch,
+                       iteration=state.iteration)
         if state.stop_reason:
             checkpoint(last_path)
             code = 128 + signals.received if signals.received else 1

@@ -73,7 +73,15 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
 
     backend: "reference" (grid_sample), "kernel" (compiled op, RuntimeError if it cannot be built),
     "auto" (kernel when it builds, else reference after one warning on logger "ops").
+    spatial_shapes and level_start_index as lists: the level sizes of a graph being captured for export
+    (symbolic ints, see DeformableTransformer), which only the reference path can slice with.
     """
+    if isinstance(spatial_shapes, list):
+        if backend == "kernel":
+            raise ValueError("ms_deform_attn: the kernel needs tensor spatial_shapes; export runs the reference "
+                             "path (model.deform_attn_backend=reference)")
+        return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations,
+                                        attention_weights)
     _validate(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     if _kernel.resolve(backend) == "reference":
         return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations,

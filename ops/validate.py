@@ -68,7 +68,10 @@ def check_inputs(value_shape, shapes_shape, starts_shape, loc_shape, attn_shape,
 
 
 def as_int_list(index):
-    """int tensor of either framework, numpy array, or nested sequence of ints -> nested list of Python ints."""
+    """int tensor of either framework, numpy array, or nested sequence of ints -> nested list of ints.
+
+    Sequence elements are kept as they are: during export they are the graph's symbolic sizes (torch SymInt,
+    Paddle Value), which int() would freeze to the traced value or reject."""
     if hasattr(index, "tolist"):
         return index.tolist()
-    return [[int(v) for v in row] if hasattr(row, "__len__") else int(row) for row in index]
+    return [list(row) if isinstance(row, (list, tuple)) else row for row in index]

@@ -1,9 +1,10 @@
 """Paddle checkpoints: `NAME.pdparams` (the model's state dict, as Paddle tools expect) and `NAME.pdopt`
-(optimizer, lr scheduler, position in training, RNG state, meta), each written atomically.
+(optimizer, lr scheduler, position in training, RNG state, meta), written atomically together.
 
-The pair is written params first, then the .pdopt, which records the CRC-32 of the .pdparams it belongs to: a
-crash between the two writes leaves a pair that `is_valid_checkpoint` rejects, and `--resume auto` falls back to
-the `.prev` pair. Fine-tuning (`-t`) and `test.sh` read only the .pdparams.
+Both files are written to temp files and only then renamed over the old pair (common/checkpoint.atomic_files),
+so a failed write (disk full) leaves the old pair as it was. The .pdopt records the CRC-32 of the .pdparams it
+belongs to: a crash between the two renames leaves a pair that `is_valid_checkpoint` rejects, and
+`--resume auto` falls back to the `.prev` pair. Fine-tuning (`-t`) and `test.sh` read only the .pdparams.
 """
 import logging
 import os
@@ -12,7 +13,7 @@ from typing import Dict, Optional
 
 import paddle
 
-from common.checkpoint import atomic_save
+from common.checkpoint import atomic_files, error_text
 from common.errors import UserError
 
 logger = logging.getLogger("paddle_impl")
@@ -39,20 +40,21 @@ def _crc32(path: str) -> int:
 
 def save_checkpoint(path: str, model: paddle.nn.Layer, optimizer=None, scheduler=None, epoch: int = 0,
                     step_in_epoch: int = 0, iteration: int = 0, meta: Optional[Dict] = None) -> None:
-    atomic_save(lambda tmp: paddle.save(model.state_dict(), tmp), path)
     state = {
         "epoch": int(epoch),
         "step_in_epoch": int(step_in_epoch),
         "iteration": int(iteration),
         "rng": paddle.get_rng_state(),
         "meta": dict(meta or {}, framework="paddle"),
-        "params_crc32": _crc32(path),
     }
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     if scheduler is not None:
         state["lr_scheduler"] = scheduler.state_dict()
-    atomic_save(lambda tmp: paddle.save(state, tmp), opt_path(path))
+    with atomic_files([path, opt_path(path)]) as (params_tmp, opt_tmp):
+        paddle.save(model.state_dict(), params_tmp)
+        state["params_crc32"] = _crc32(params_tmp)
+        paddle.save(state, opt_tmp)
 
 
 def _load(path: str):
@@ -61,7 +63,7 @@ def _load(path: str):
     try:
         return paddle.load(path)
     except Exception as e:  # paddle raises several types for truncated / foreign files
-        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        raise UserError(f"cannot read checkpoint {path}: {error_text(e)}") from None
 
 
 def load_params(path: str) -> Dict:
@@ -80,7 +82,8 @@ def load_checkpoint(path: str) -> Dict:
     if not isinstance(state, dict) or "iteration" not in state:
         raise UserError(f"{opt_path(path)} is not a training state of this project")
     if state.get("params_crc32") != _crc32(path):
-        raise UserError(f"{opt_path(path)} does not belong to {path} (interrupted save?)")
+        raise UserError(f"{opt_path(path)} does not belong to {path} (CRC-32 mismatch: an interrupted save or a "
+                        "damaged file)")
     return dict(state, model=model)
 
 

@@ -96,7 +96,7 @@ def test(args) -> None:
     model, _, postprocessor = build_model(cfg)
     load_weights(model, args.resume)
     trainer = Trainer(model, model, None, postprocessor, None, None)
-    result = evaluate(trainer, val_loader, DetectionEvaluator(val_ds, cfg.eval), cfg.output_dir)
+    result = evaluate(trainer, val_loader, DetectionEvaluator(val_ds, cfg.eval), cfg.output_dir, draw=args.draw)
     if D.get_rank() == 0:
         finish(cfg.output_dir, result, "paddle", os.path.abspath(args.resume))
     D.cleanup()

@@ -5,11 +5,13 @@ A checkpoint is a dict: `model` (state dict), `optimizer`, `lr_scheduler`, `epoc
 `meta` (config name, framework). Fine-tuning (`-t`) reads only `model`.
 """
 import logging
+import os
+import zipfile
 from typing import Dict, Optional
 
 import torch
 
-from common.checkpoint import atomic_save
+from common.checkpoint import atomic_save, error_text
 from common.errors import UserError
 
 logger = logging.getLogger("torch_impl")
@@ -34,14 +36,29 @@ def save_checkpoint(path: str, model: torch.nn.Module, optimizer=None, scheduler
     atomic_save(lambda tmp: torch.save(state, tmp), path)
 
 
+def check_crc(path: str) -> None:
+    """UserError when a record of the zip file torch.save writes fails its stored CRC-32: torch.load does not
+    check them, so a damaged tensor would load silently. Files in torch's older non-zip format have none."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise UserError(f"cannot read checkpoint {path}: {error_text(e)}") from None
+    if bad is not None:
+        raise UserError(f"checkpoint is corrupt: {path} (CRC-32 mismatch in its record {bad})")
+
+
 def load_checkpoint(path: str) -> Dict:
-    """The checkpoint dict; UserError naming the file when it is missing, truncated or not a checkpoint."""
+    """The checkpoint dict; UserError naming the file when it is missing, truncated, corrupt or not a checkpoint."""
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    check_crc(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"checkpoint not found: {path}") from None
     except Exception as e:  # torch raises several types for truncated / foreign files
-        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        raise UserError(f"cannot read checkpoint {path}: {error_text(e)}") from None
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"{path} is not a checkpoint of this project (no 'model' entry)")
     return state

@@ -98,7 +98,7 @@ def test(args) -> None:
     load_weights(model, args.resume)
     model.to(device)
     trainer = Trainer(model, model, None, postprocessor, None, None, device)
-    result = evaluate(trainer, val_loader, DetectionEvaluator(val_ds, cfg.eval), cfg.output_dir)
+    result = evaluate(trainer, val_loader, DetectionEvaluator(val_ds, cfg.eval), cfg.output_dir, draw=args.draw)
     if D.get_rank() == 0:
         finish(cfg.output_dir, result, "torch", os.path.abspath(args.resume))
     D.cleanup()

@@ -16,7 +16,8 @@ SCHEMA = {
     "data": {
         "demo_dir": F(str, None, "when set, the demo dataset is generated here on first use"),
         "num_workers": F(int, 2, "data loading worker processes (0: load in the main process)"),
-        "invalid": F(str, "strict", "bad annotation records: strict (stop, naming the record) or skip (count)",
+        "invalid": F(str, "strict", "bad annotation records and unusable images: strict (stop, naming the record "
+                                    "or file) or skip (leave out and count; an image is replaced by the next one)",
                      choices=["strict", "skip"]),
         "size_divisibility": F(int, 0, "pad batches to a multiple of this (0: no rounding)"),
         "mean": F(list, [0.485, 0.456, 0.406], "per-channel normalization mean (RGB, 0..1 scale)", items=float),

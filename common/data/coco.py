@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .loader import SkippedImage
+
 logger = logging.getLogger("common.data")
 
 INVALID_POLICIES = ("strict", "skip")
@@ -89,15 +91,25 @@ def read_json(path):
 
 
 def to_rgb(image):
-    """Any PIL image -> 8-bit RGB. 16/32-bit grey is scaled from the 16-bit range (a plain
-    convert would saturate it); transparent images are composited over white, as viewers show them."""
+    """Any PIL image -> 8-bit RGB (`image` itself when it is RGB already: no copy of a large photo). 16/32-bit
+    grey is scaled from the 16-bit range (a plain convert would saturate it); transparent images are composited
+    over white, as viewers show them."""
     if image.mode.startswith("I"):
         grey = np.asarray(image, dtype=np.float64) / 257.0
         image = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8))
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def image_problem(error):
+    """The skip-count reason of an error of CocoDetection.read."""
+    if isinstance(error, FileNotFoundError):
+        return "image file not found"
+    if isinstance(error, OSError):
+        return "unreadable image file"
+    return "image size differs from its record"
 
 
 def read_image(path):
@@ -120,7 +132,8 @@ class CocoDetection:
 
     train=True drops crowd boxes; train=False keeps them flagged in target["iscrowd"].
     invalid="strict" raises on structurally bad records; "skip" drops them and counts each reason
-    in `self.skipped`. `self.coco_gt` is the parsed json (in "skip" mode, without the skipped
+    in `self.skipped`. The same policy applies to images that cannot be used, found when loaded (see
+    `load`). `self.coco_gt` is the parsed json (in "skip" mode, without the skipped
     images/annotations, so an evaluator can load it); `self.image_ids` lists image ids by index.
     """
 
@@ -147,6 +160,9 @@ class CocoDetection:
             raise ValueError(f"{self.ann_file}: {e}") from None
 
         images = self._parse_images(coco["images"])
+        if not images:  # nothing to train on or evaluate, whatever the policy
+            why = f"left after skipping bad records {dict(self.skipped)}" if self.skipped else "('images' is empty)"
+            raise ValueError(f"{self.ann_file}: no images {why}")
         anns = self._parse_annotations(annotations, images)
         self.image_ids = [rec["id"] for rec in images]
         self._file_names = [rec["file_name"] for rec in images]
@@ -275,18 +291,33 @@ class CocoDetection:
             "area": self._area[start:end].copy(),
         }
 
-    def load(self, index, rng):
-        """(image, target) of `index`, augmented with `rng` (np.random.Generator)."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
+    def read(self, index):
+        """The RGB image of `index`, upright; FileNotFoundError, OSError (undecodable) or ValueError (not the size
+        its record gives) naming the file when it cannot be used."""
         path = self.image_path(index)
         image = read_image(path)
-        target = self.target(index)
-        height, width = target["orig_size"].tolist()
+        height, width = self._hw[index].tolist()
         if image.size != (width, height):
             raise ValueError(f"{path}: decoded image is {image.width}x{image.height} (after EXIF orientation) but "
                              f"{self.ann_file} gives {width}x{height} for image id {self.image_ids[index]}; "
                              "fix width/height in the annotation file")
+        return image
+
+    def load(self, index, rng):
+        """(image, target) of `index`, augmented with `rng` (np.random.Generator).
+
+        An image that cannot be used (see `read`) raises the error of `read` under data.invalid: strict, and
+        SkippedImage under skip (before drawing from `rng`), for the loader to put another sample in its place.
+        """
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
+        try:
+            image = self.read(index)
+        except (OSError, ValueError) as e:
+            if self.invalid == "skip":
+                raise SkippedImage(image_problem(e), str(e)) from None
+            raise type(e)(f"{e} (or set data.invalid: skip to skip unusable images)") from None
+        target = self.target(index)
         if self.transforms is not None:
             image, target = self.transforms(image, target, rng)
         return image, target

@@ -4,6 +4,11 @@ forked worker processes.
 Each batch is loaded and collated as one task; its content depends only on (seed, epoch, indices), so
 batches are identical for any num_workers. Workers are forked and must only use numpy/PIL (no torch or
 paddle state is safe to use after fork).
+
+A sample whose `load` raises SkippedImage (an unusable image under `data.invalid: skip`) is replaced by the next
+loadable sample of the dataset, drawing from the skipped sample's rng: batch sizes, the number of batches and so
+every rank's steps stay as they were, and an all-skipped batch cannot happen. Replacements are counted by reason
+in `DataLoader.skipped`.
 """
 import multiprocessing
 import pickle
@@ -11,10 +16,23 @@ import queue
 import signal
 import traceback
 import weakref
+from collections import Counter
 
 import numpy as np
 
 from .collate import collate
+
+
+class SkippedImage(Exception):
+    """Raised by a dataset's `load(index, rng)`, before it draws from `rng`, for a sample to leave out; `reason`
+    keys the skip counts, `detail` names the file and the problem."""
+
+    def __init__(self, reason, detail):
+        super().__init__(reason, detail)
+        self.reason, self.detail = reason, detail
+
+    def __str__(self):
+        return self.detail
 
 
 def sample_rng(seed, epoch, index):
@@ -22,10 +40,25 @@ def sample_rng(seed, epoch, index):
     return np.random.default_rng([seed, epoch, index])
 
 
+def load_sample(dataset, index, rng, skipped):
+    """dataset.load(index, rng); if that raises SkippedImage, counts its reason in `skipped` (a Counter) and
+    loads the next index that loads (wrapping around), with the same `rng`."""
+    for offset in range(len(dataset)):
+        try:
+            return dataset.load((index + offset) % len(dataset), rng)
+        except SkippedImage as e:
+            if offset == 0:  # count the sample left out, not the replacements tried for it
+                skipped[e.reason] += 1
+            last = e
+    raise ValueError(f"no image of the dataset can be used (data.invalid: skip); the last one tried: {last}")
+
+
 def load_batch(dataset, indices, seed, epoch, size_divisibility=0):
-    """Load samples `indices` (int [b]) with their own rngs and collate them."""
-    samples = [dataset.load(int(i), sample_rng(seed, epoch, int(i))) for i in indices]
-    return collate(samples, size_divisibility)
+    """Load samples `indices` (int [b]) with their own rngs and collate them -> (batch, {reason: samples
+    replaced})."""
+    skipped = Counter()
+    samples = [load_sample(dataset, int(i), sample_rng(seed, epoch, int(i)), skipped) for i in indices]
+    return collate(samples, size_divisibility), dict(skipped)
 
 
 def _portable_error(error):
@@ -91,6 +124,7 @@ class DataLoader:
         self.size_divisibility = size_divisibility
         self.epoch = 0
         self.start_batch = 0
+        self.skipped = Counter()  # samples replaced (SkippedImage) in the current pass, by reason
         self._running = None  # weak reference to the unfinished iteration, if any
 
     def set_epoch(self, epoch, start_batch=0):
@@ -121,14 +155,25 @@ class DataLoader:
     def __iter__(self):
         """A new pass over the current epoch; an unfinished earlier pass is stopped first."""
         self.close()
+        self.skipped = Counter()
         batches = self.batches()[self.start_batch:]
         if self.num_workers == 0:
-            iterator = (load_batch(self.dataset, indices, self.seed, self.epoch, self.size_divisibility)
-                        for indices in batches)
+            loaded = (load_batch(self.dataset, indices, self.seed, self.epoch, self.size_divisibility)
+                      for indices in batches)
         else:
-            iterator = self._iter_workers(batches)
+            loaded = self._iter_workers(batches)
+        iterator = self._counted(loaded)
         self._running = weakref.ref(iterator)
         return iterator
+
+    def _counted(self, loaded):
+        """Yield the batches of (batch, skipped) pairs, adding up the skips of the pass."""
+        try:
+            for batch, skipped in loaded:
+                self.skipped.update(skipped)
+                yield batch
+        finally:
+            loaded.close()
 
     def close(self):
         """Stop the workers of an unfinished pass now (e.g. after leaving the loop early); otherwise that

@@ -10,6 +10,7 @@ class Subset:
         self.image_ids = dataset.image_ids[: self.n]
         self.category_map = dataset.category_map
         self.coco_gt = dataset.coco_gt
+        self.skipped = dataset.skipped
 
     def __len__(self):
         return self.n

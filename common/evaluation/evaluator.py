@@ -11,6 +11,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from common.deploy.draw import draw_results
+from common.deploy.infer_cfg import DRAW_THRESHOLD
 from common.evaluation.coco_eval import evaluate_coco, format_per_class, format_table
 from common.evaluation.results import save_results, to_coco_results
 
@@ -34,8 +36,10 @@ class DetectionEvaluator:
                 [int(image_id)], [d["boxes"]], [d["scores"]], [np.asarray(d["labels"], dtype=np.int64)],
                 self.dataset.category_map.label_to_cat_id)
 
-    def summarize(self, gathered: Sequence[Dict[int, List[dict]]], output_dir: str = None) -> Dict[str, float]:
-        """COCO metrics of every rank's `per_image` dict; logs a one-line summary; writes results.json when asked."""
+    def summarize(self, gathered: Sequence[Dict[int, List[dict]]], output_dir: str = None,
+                  draw: int = 0) -> Dict[str, float]:
+        """COCO metrics of every rank's `per_image` dict; logs a one-line summary; writes results.json when asked,
+        and with `draw` > 0 the first `draw` images with their detections drawn (output_dir/draw/*.png)."""
         merged: Dict[int, List[dict]] = {}
         for part in gathered:
             for image_id, recs in part.items():
@@ -49,6 +53,10 @@ class DetectionEvaluator:
                     metrics["bbox_AP"], metrics["bbox_AP50"], metrics["bbox_AP75"])
         if output_dir is not None:
             save_results(records, os.path.join(output_dir, "results.json"))
+            if draw > 0:
+                folder = os.path.join(output_dir, "draw")
+                n = draw_results(self.dataset, merged, folder, draw, DRAW_THRESHOLD)
+                logger.info("drew %d images (scores >= %g) into %s", n, DRAW_THRESHOLD, folder)
         return metrics
 
 

@@ -65,7 +65,10 @@ class MSDeformAttn(nn.Layer):
         if reference_points.dtype != offsets.dtype:  # float32 encoder grid in a float64 model: no implicit promotion
             reference_points = reference_points.astype(offsets.dtype)
         if reference_points.shape[-1] == 2:
-            normalizer = paddle.stack([spatial_shapes[:, 1], spatial_shapes[:, 0]], -1).astype(offsets.dtype)  # W, H
+            sizes = spatial_shapes
+            if isinstance(sizes, list):  # while exporting: symbolic sizes (DeformableTransformer.level_index)
+                sizes = paddle.to_tensor(spatial_shapes, dtype="int64")
+            normalizer = paddle.stack([sizes[:, 1], sizes[:, 0]], -1).astype(offsets.dtype)  # W, H
             locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         elif reference_points.shape[-1] == 4:
             locations = (reference_points[:, :, None, :, None, :2]

@@ -24,7 +24,6 @@ time, so every tensor has a single name.
 Grids, valid ratios and anchors are computed in float32 as in the torch tree and cast to the features' dtype
 where they meet them (Paddle does not promote dtypes silently), so a float64 model matches torch's float64 run.
 """
-import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
@@ -77,8 +76,9 @@ class DeformableTransformerEncoder(nn.Layer):
         -> float32 [B, S, L, 2] (x, y)."""
         refs = []
         for lvl, (h, w) in enumerate(shapes):
-            ys, xs = paddle.meshgrid(paddle.linspace(0.5, h - 0.5, h, dtype="float32"),
-                                     paddle.linspace(0.5, w - 0.5, w, dtype="float32"))  # "ij" indexing
+            # arange + 0.5 (= linspace(0.5, h - 0.5, h), exactly), as in the torch tree
+            ys, xs = paddle.meshgrid(paddle.arange(h, dtype="float32") + 0.5,
+                                     paddle.arange(w, dtype="float32") + 0.5)  # "ij" indexing
             refs.append(paddle.stack([xs.reshape([1, -1]) / (valid_ratios[:, lvl, 0:1] * w),
                                       ys.reshape([1, -1]) / (valid_ratios[:, lvl, 1:2] * h)], -1))
         return paddle.concat(refs, 1)[:, :, None] * valid_ratios[:, None]
@@ -279,9 +279,7 @@ class DeformableTransformer(nn.Layer):
         mask = paddle.concat([m.flatten(1) for m in masks], 1)
         pos = paddle.concat([p.flatten(2).transpose([0, 2, 1]).astype(src.dtype) + self.level_embed[lvl][None, None]
                              for lvl, p in enumerate(pos_embeds)], 1)
-        spatial_shapes = paddle.to_tensor(shapes, dtype="int64")
-        sizes = [h * w for h, w in shapes]
-        level_start_index = paddle.to_tensor(np.cumsum([0] + sizes[:-1]), dtype="int64")
+        spatial_shapes, level_start_index = self.level_index(shapes)
         valid_ratios = paddle.stack([self.valid_ratio(m) for m in masks], 1)
         memory = self.encoder(src, pos, spatial_shapes, level_start_index, valid_ratios, mask, shapes)
 
@@ -292,7 +290,7 @@ class DeformableTransformer(nn.Layer):
             enc_class_head, enc_box_head = enc_heads
             enc_logits = enc_class_head(output_memory)
             enc_coords = enc_box_head(output_memory) + proposals
-            if self.num_queries > s:
+            if isinstance(s, int) and self.num_queries > s:  # (symbolic while exporting)
                 raise ValueError(f"model.num_queries ({self.num_queries}) exceeds the {s} encoder tokens of this "
                                  "input; lower num_queries or use larger images")
             topk = paddle.topk(enc_logits[..., 0], self.num_queries, axis=1)[1]
@@ -316,6 +314,18 @@ class DeformableTransformer(nn.Layer):
                            mask, attn_mask, box_heads, c_stream)
         out.update(extra)
         return out
+
+    @staticmethod
+    def level_index(shapes):
+        """Level sizes L x (H, W) -> (spatial_shapes int64 [L, 2], level_start_index int64 [L]). While exporting
+        (static graph), the sizes are the graph's symbolic values and stay Python lists: the grid_sample path
+        slices with them, which it cannot do with a tensor's values."""
+        starts = [0]
+        for h, w in shapes[:-1]:
+            starts.append(starts[-1] + h * w)
+        if not paddle.in_dynamic_mode():
+            return [list(hw) for hw in shapes], starts
+        return paddle.to_tensor(shapes, dtype="int64"), paddle.to_tensor(starts, dtype="int64")
 
     @staticmethod
     def valid_ratio(mask):

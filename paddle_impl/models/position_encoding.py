@@ -40,6 +40,9 @@ class PositionEmbeddingSine(nn.Layer):
         return paddle.concat((pos_y, pos_x), axis=3).transpose([0, 3, 1, 2])
 
 
+# Runs unconverted in static graphs (export): Paddle's AST conversion re-creates the function in a module where
+# the default `math.pi` is undefined (NameError); it has no control flow to convert.
+@paddle.jit.not_to_static
 def box_sine_embedding(boxes, num_pos_feats=128, temperature=10000.0, scale=2 * math.pi):
     """Sine encoding of each coordinate of unnormalized (logit-space) boxes, as in two-stage query selection.
 

@@ -60,7 +60,10 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).view(b, nq, h, lv, p, 2)
         weights = F.softmax(self.attention_weights(query).view(b, nq, h, lv * p), -1).view(b, nq, h, lv, p)
         if reference_points.shape[-1] == 2:
-            normalizer = torch.stack([spatial_shapes[:, 1], spatial_shapes[:, 0]], -1).to(offsets.dtype)  # (W, H)
+            sizes = spatial_shapes
+            if isinstance(sizes, list):  # while exporting: symbolic sizes (DeformableTransformer.level_index)
+                sizes = torch.tensor(spatial_shapes, device=offsets.device)
+            normalizer = torch.stack([sizes[:, 1], sizes[:, 0]], -1).to(offsets.dtype)  # (W, H)
             locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         elif reference_points.shape[-1] == 4:
             locations = (reference_points[:, :, None, :, None, :2]

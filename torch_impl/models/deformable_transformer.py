@@ -71,8 +71,10 @@ class DeformableTransformerEncoder(nn.Module):
         """Pixel centres in units of the valid image, per level. -> [B, S, L, 2] (x, y)."""
         refs = []
         for lvl, (h, w) in enumerate(shapes):
-            ys, xs = torch.meshgrid(torch.linspace(0.5, h - 0.5, h, device=valid_ratios.device),
-                                    torch.linspace(0.5, w - 0.5, w, device=valid_ratios.device), indexing="ij")
+            # arange + 0.5 (= linspace(0.5, h - 0.5, h), exactly): linspace would freeze symbolic export sizes
+            ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=valid_ratios.device) + 0.5,
+                                    torch.arange(w, dtype=torch.float32, device=valid_ratios.device) + 0.5,
+                                    indexing="ij")
             refs.append(torch.stack([xs.reshape(-1)[None] / (valid_ratios[:, None, lvl, 0] * w),
                                      ys.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * h)], -1))
         return torch.cat(refs, 1)[:, :, None] * valid_ratios[:, None]
@@ -271,8 +273,7 @@ class DeformableTransformer(nn.Module):
         mask = torch.cat([m.flatten(1) for m in masks], 1)
         pos = torch.cat([p.flatten(2).transpose(1, 2) + self.level_embed[lvl][None, None]
                          for lvl, p in enumerate(pos_embeds)], 1)
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src.device)
-        level_start_index = torch.cat([spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]])
+        spatial_shapes, level_start_index = self.level_index(shapes, src.device)
         valid_ratios = torch.stack([self.valid_ratio(m) for m in masks], 1)
         memory = self.encoder(src, pos, spatial_shapes, level_start_index, valid_ratios, mask, shapes)
 
@@ -283,7 +284,7 @@ class DeformableTransformer(nn.Module):
             enc_class_head, enc_box_head = enc_heads
             enc_logits = enc_class_head(output_memory)
             enc_coords = enc_box_head(output_memory) + proposals
-            if self.num_queries > s:
+            if isinstance(s, int) and self.num_queries > s:  # (symbolic while exporting)
                 raise ValueError(f"model.num_queries ({self.num_queries}) exceeds the {s} encoder tokens of this "
                                  "input; lower num_queries or use larger images")
             topk = torch.topk(enc_logits[..., 0], self.num_queries, dim=1)[1]
@@ -307,6 +308,19 @@ class DeformableTransformer(nn.Module):
                            mask, attn_mask, box_heads, c_stream)
         out.update(extra)
         return out
+
+    @staticmethod
+    def level_index(shapes, device):
+        """Level sizes L x (H, W) -> (spatial_shapes int64 [L, 2], level_start_index int64 [L]). While exporting,
+        the sizes are the graph's symbolic ints and stay Python lists: a tensor made of them would freeze them
+        to the traced image's values, and the grid_sample path slices with them."""
+        starts = [0]
+        for h, w in shapes[:-1]:
+            starts.append(starts[-1] + h * w)
+        if torch.compiler.is_exporting():
+            return [list(hw) for hw in shapes], starts
+        return (torch.as_tensor(shapes, dtype=torch.long, device=device),
+                torch.as_tensor(starts, dtype=torch.long, device=device))
 
     @staticmethod
     def valid_ratio(mask):
