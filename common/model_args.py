@@ -6,16 +6,83 @@ cannot disagree.
 """
 from typing import Dict
 
+from common.config.fields import Field
+from common.config.model_schema import MODEL
 from common.matching import HungarianMatcher, OneToManyAssigner
 from common.matching.one_to_many import assigner_fraction
 
+_OFF = object()  # NOT_APPLICABLE: the key has no value meaning "off"
+
+# Keys of the DAC-DETR family that another arch does not have (a section name covers all its keys). Left at
+# the schema default such a key is ignored; set to its "off" value given here it is accepted (so a config can
+# say dn.enabled: false); set to anything else it is an error naming the key. effective() turns the keys that
+# have an off value to it, so the argument functions below read what the arch really does.
+_DEFORMABLE = {"two_stage": False, "mixed_selection": False, "look_forward_twice": False, "enc_n_points": _OFF,
+               "dec_n_points": _OFF, "deform_attn_backend": _OFF, "dn": _OFF, "dn.enabled": False, "dac": _OFF,
+               "dac.enabled": False, "loss.enc_class_weight": _OFF}
+NOT_APPLICABLE = {
+    "dac_detr": {},
+    "conditional_detr": dict(_DEFORMABLE, num_feature_levels=1),  # single scale
+}
+
+
+def _flat_fields(schema, prefix=""):
+    """{dotted key: Field} of a schema section."""
+    out = {}
+    for k, v in schema.items():
+        out.update({f"{prefix}{k}": v} if isinstance(v, Field) else _flat_fields(v, f"{prefix}{k}."))
+    return out
+
+
+_FIELDS = _flat_fields(MODEL)
+
+
+def _get(m, dotted):
+    for part in dotted.split("."):
+        m = m[part]
+    return m
+
+
+def _off_values(arch) -> Dict:
+    """{dotted key: its off value, or _OFF} of every schema key the arch does not have."""
+    table = NOT_APPLICABLE[arch]
+    out = {}
+    for key in _FIELDS:
+        section = key.split(".")[0]
+        if key in table or section in table:
+            out[key] = table.get(key, table.get(section))
+    return out
+
 
 def check(m) -> None:
+    if m["arch"] not in NOT_APPLICABLE:
+        raise ValueError(f"model.arch must be one of {list(NOT_APPLICABLE)}, got {m['arch']!r}")
     if m["num_classes"] is None or m["num_classes"] < 1:
         raise ValueError(f"model.num_classes must be a positive integer, got {m['num_classes']!r} (it is filled "
                          "from the training annotations when left unset)")
     if m["num_feature_levels"] < 1:
         raise ValueError(f"model.num_feature_levels must be >= 1, got {m['num_feature_levels']}")
+    for key, off in _off_values(m["arch"]).items():
+        value = _get(m, key)
+        if value != _FIELDS[key].default and (off is _OFF or value != off):
+            allowed = "leave it unset" + ("" if off is _OFF else f" or set it to {off}")
+            raise ValueError(f"model.{key}={value!r} does not apply to model.arch={m['arch']}; {allowed}")
+
+
+def effective(m) -> Dict:
+    """check(m), then a copy of the model section as its arch reads it: every key the arch does not have and
+    that has an off value (NOT_APPLICABLE) set to that value (e.g. dn.enabled false for conditional_detr)."""
+    check(m)
+    m = dict(m)
+    for key, off in _off_values(m["arch"]).items():
+        if off is not _OFF:
+            *parents, leaf = key.split(".")
+            node = m
+            for part in parents:
+                node[part] = dict(node[part])
+                node = node[part]
+            node[leaf] = off
+    return m
 
 
 def is_swin(m) -> bool:
@@ -27,15 +94,26 @@ def backbone_args(m) -> Dict:
     """Arguments of swin.SwinBackbone when is_swin(m), else of backbone.Backbone."""
     bb = m["backbone"]
     if is_swin(m):
-        if bb["dilation"]:
-            raise ValueError(f"model.backbone.dilation needs resnet50 or resnet101, not {bb['name']}")
+        for key in ("dilation", "last_stage"):
+            if bb[key] != _FIELDS[f"backbone.{key}"].default:
+                raise ValueError(f"model.backbone.{key} is for ResNet backbones, not {bb['name']}")
         return dict(name=bb["name"], frozen_stages=bb["frozen_stages"], num_levels=min(m["num_feature_levels"], 3),
                     drop_path_rate=bb["drop_path_rate"])
+    if bb["last_stage"] == 3 and bb["dilation"]:
+        raise ValueError("model.backbone.dilation dilates layer4, which model.backbone.last_stage=3 does not build; "
+                         "use one of the two")
     return dict(name=bb["name"], frozen_stages=bb["frozen_stages"], dilation=bb["dilation"],
-                num_levels=min(m["num_feature_levels"], 3), norm=bb["norm"])
+                num_levels=min(m["num_feature_levels"], bb["last_stage"] - 1), norm=bb["norm"],
+                last_stage=bb["last_stage"])
 
 
 def transformer_args(m) -> Dict:
+    """Arguments of the arch's transformer (deformable_transformer.DeformableTransformer or
+    conditional_transformer.ConditionalTransformer)."""
+    if m["arch"] == "conditional_detr":
+        return dict(d_model=m["hidden_dim"], nhead=m["nheads"], num_encoder_layers=m["enc_layers"],
+                    num_decoder_layers=m["dec_layers"], dim_feedforward=m["dim_feedforward"], dropout=m["dropout"],
+                    pe_temperature=m["pe_temperature"])
     return dict(d_model=m["hidden_dim"], nhead=m["nheads"], num_encoder_layers=m["enc_layers"],
                 num_decoder_layers=m["dec_layers"], dim_feedforward=m["dim_feedforward"], dropout=m["dropout"],
                 num_feature_levels=m["num_feature_levels"], enc_n_points=m["enc_n_points"],
@@ -51,7 +129,9 @@ def dn_args(m):
 
 
 def detr_args(m) -> Dict:
-    """DACDETR's arguments after (backbone, transformer)."""
+    """The arch's detector arguments after (backbone, transformer): DACDETR or ConditionalDETR."""
+    if m["arch"] == "conditional_detr":
+        return dict(num_classes=m["num_classes"], num_queries=m["num_queries"], pe_temperature=m["pe_temperature"])
     return dict(num_classes=m["num_classes"], num_feature_levels=m["num_feature_levels"],
                 num_queries=m["num_queries"], two_stage=m["two_stage"], mixed_selection=m["mixed_selection"],
                 dn=dn_args(m), dac=m["dac"]["enabled"], pe_temperature=m["pe_temperature"])

@@ -18,9 +18,9 @@ NO_PRETRAINED = "model.backbone.pretrained=null"
 
 
 def num_classes_of(arrays: Dict[str, np.ndarray], layout: str) -> Optional[int]:
-    """Classes of the first classification head (`class_embed.0.weight`, torch [C, D] / Paddle [D, C]);
-    None when the weights have no such head."""
-    w = arrays.get("class_embed.0.weight")
+    """Classes of the first classification head (`class_embed.0.weight`, or `class_embed.weight` when one head
+    serves every layer as in Conditional DETR; torch [C, D] / Paddle [D, C]); None when the weights have none."""
+    w = arrays.get("class_embed.0.weight", arrays.get("class_embed.weight"))
     if w is None or np.ndim(w) != 2:
         return None
     return int(w.shape[0] if layout == "torch" else w.shape[1])

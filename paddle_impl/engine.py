@@ -8,6 +8,7 @@ from common.loop import TrainState, step_rngs
 from paddle_impl import distributed as D
 from paddle_impl.checkpoint import save_checkpoint
 from paddle_impl.models.build import targets_to_tensors
+from paddle_impl.optim import clip_grad_norm
 
 
 def to_device(batch: Dict):
@@ -60,7 +61,7 @@ class Trainer:
         else:
             loss.backward()
         if cfg.clip_max_norm > 0:
-            paddle.nn.utils.clip_grad_norm_(self.params, cfg.clip_max_norm)
+            clip_grad_norm(self.params, cfg.clip_max_norm)
         if scaler is not None:
             scaler.step(self.optimizer)
             scaler.update()

@@ -12,10 +12,21 @@ other variants are the same model with switches off, so that each differs from t
     dino              dac.enabled=false, loss.type=focal          (+ contrastive denoising)
     dac_cdn           loss.type=focal                             (+ the C-decoder)
     dac_cdn_ice       the defaults                                (+ the IoU-aware loss)
+
+`arch` picks the detector. dac_detr is the family above; conditional_detr is Conditional DETR (Meng et al.,
+ICCV 2021: single-scale DETR encoder, conditional spatial queries in the decoder, focal loss): it reads the
+shared keys (backbone, hidden_dim, nheads, enc/dec_layers, dim_feedforward, dropout, num_queries,
+pe_temperature, loss, matcher, postprocess) and has none of the deformable / two-stage / dn / dac keys, which
+it ignores at their defaults and refuses otherwise (common/model_args.py: NOT_APPLICABLE).
 """
 from common.config.fields import Field as F
 
+ARCHS = ["dac_detr", "conditional_detr"]
+
 MODEL = {
+    "arch": F(str, "dac_detr", "detector: dac_detr (the DAC-DETR / DINO / Deformable-DETR family, switched by the "
+                               "keys below) or conditional_detr (single scale, conditional spatial queries)",
+              choices=ARCHS),
     "num_classes": F(int, None, "number of classes (null: the number of categories in the training annotations)"),
     "backbone": {
         "name": F(str, "resnet50", "ResNet depth (torchvision layout, FrozenBatchNorm) or Swin size (official "
@@ -34,16 +45,23 @@ MODEL = {
                                     "ignored (LayerNorm)",
                   choices=["frozen_bn", "bn", "gn"]),
         "dilation": F(bool, False, "replace the stride of layer4 by dilation (DC5; resnet50/101 only)"),
+        "last_stage": F(int, 4, "last ResNet stage built: 4 (layer4: features end at C5, stride 32, or 16 with "
+                                "dilation) or 3 (no layer4: they end at C4, stride 16; the cheap stride-16 choice "
+                                "for resnet18/34, whose blocks have no dilated form)", choices=[3, 4]),
         "drop_path_rate": F(float, 0.2, "Swin: stochastic depth rate of the last block (linear from 0; the release: "
                                         "0.2 for 12 epochs, 0.5 for 24); ignored for ResNet"),
     },
-    "hidden_dim": F(int, 256, "transformer width (a multiple of 32 because of GroupNorm(32) in input_proj)"),
+    "hidden_dim": F(int, 256, "transformer width (dac_detr: a multiple of 32 because of GroupNorm(32) in "
+                              "input_proj; conditional_detr: a multiple of 4 and of nheads)"),
     "nheads": F(int, 8, "attention heads (deformable and self-attention)"),
-    "num_feature_levels": F(int, 4, "feature levels: C3, C4, C5, then stride-2 3x3 convs on C5 (1: C5 only)"),
-    "enc_layers": F(int, 6, "deformable encoder layers"),
-    "dec_layers": F(int, 6, "decoder layers (each with its own class / box head)"),
+    "num_feature_levels": F(int, 4, "feature levels: C3, C4, C5, then stride-2 3x3 convs on C5 (1: C5 only; "
+                                    "with backbone.last_stage 3, C4 takes C5's place)"),
+    "enc_layers": F(int, 6, "encoder layers (deformable; conditional_detr: standard self-attention)"),
+    "dec_layers": F(int, 6, "decoder layers (dac_detr: each with its own class / box head; conditional_detr: "
+                            "one pair shared by all)"),
     "dim_feedforward": F(int, 2048, "FFN hidden size in encoder and decoder layers"),
-    "dropout": F(float, 0.0, "dropout in the transformer (the release trains with 0)"),
+    "dropout": F(float, 0.0, "dropout in the transformer (the DAC-DETR release trains with 0, Conditional DETR "
+                             "with 0.1)"),
     "enc_n_points": F(int, 4, "sampling points per head and level in encoder deformable attention"),
     "dec_n_points": F(int, 4, "sampling points per head and level in decoder cross-attention"),
     "num_queries": F(int, 900, "object queries (= two-stage proposals kept)"),

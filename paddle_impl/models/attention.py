@@ -2,6 +2,8 @@
 
 Both own their parameters under the official DAC-DETR names (sampling_offsets / attention_weights / value_proj /
 output_proj; in_proj_weight / in_proj_bias / out_proj) and spell out their math, mirroring torch_impl.
+`attend` is the one scaled dot-product attention over heads (masks in torch's convention, True = blocked), used by
+MultiheadAttention and by Conditional DETR's decoder, which projects its queries and keys itself.
 Linear layers are layers.Linear (torch's default init; see docs/paddle_vs_torch.md).
 """
 import math
@@ -79,15 +81,44 @@ class MSDeformAttn(nn.Layer):
         return self.output_proj(out)
 
 
+def _additive(mask, dtype):
+    """bool mask (True = blocked) -> 0 / -inf of `dtype`, same shape."""
+    return paddle.zeros_like(mask, dtype=dtype).masked_fill(mask, float("-inf"))
+
+
+def attend(q, k, v, n_heads, attn_mask=None, key_padding_mask=None, dropout=None):
+    """Scaled dot-product attention of projected inputs, per head: softmax(q_h k_h^T / sqrt(dk) + masks) v_h.
+
+    q [B, Nq, h * dk], k [B, Nk, h * dk], v [B, Nk, h * dv], attn_mask bool [Nq, Nk] and key_padding_mask bool
+    [B, Nk] (True = blocked; Paddle's own attention APIs read True as "attend", and paddle.nn.MultiHeadAttention
+    has no key padding mask) or None, dropout: a layer applied to the attention weights -> [B, Nq, h * dv]
+    (heads concatenated). The masks are added as 0 / -inf. Every query must see at least one key.
+    """
+    b, nq, _ = q.shape
+    nk = k.shape[1]
+    dk, dv = q.shape[-1] // n_heads, v.shape[-1] // n_heads
+    q = q.reshape([b, nq, n_heads, dk]).transpose([0, 2, 1, 3])
+    k = k.reshape([b, nk, n_heads, dk]).transpose([0, 2, 1, 3])
+    v = v.reshape([b, nk, n_heads, dv]).transpose([0, 2, 1, 3])
+    scores = paddle.matmul(q, k, transpose_y=True) / math.sqrt(dk)  # [B, h, Nq, Nk]
+    if attn_mask is not None:
+        scores = scores + _additive(attn_mask, scores.dtype)
+    if key_padding_mask is not None:
+        scores = scores + _additive(key_padding_mask[:, None, None, :], scores.dtype)
+    attn = F.softmax(scores, axis=-1)
+    if dropout is not None:
+        attn = dropout(attn)
+    return paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([b, nq, n_heads * dv])
+
+
 class MultiheadAttention(nn.Layer):
     """Scaled dot-product multi-head attention with a packed input projection in torch.nn.MultiheadAttention's
     parameter layout: in_proj_weight [3D, D] = (q, k, v) rows (torch's [out, in], kept so that weight conversion
     copies it unchanged), in_proj_bias [3D], out_proj.
 
-    forward(query [B, Nq, D], key [B, Nk, D], value [B, Nk, D], attn_mask bool [Nq, Nk] True = blocked, or None)
-    -> [B, Nq, D]. The mask convention is the torch tree's (and common/denoising.py's); Paddle's own attention
-    APIs (paddle.nn.MultiHeadAttention, F.scaled_dot_product_attention) read a bool mask the opposite way
-    (True = attend). It is turned into an additive -inf mask here.
+    forward(query [B, Nq, D], key [B, Nk, D], value [B, Nk, D], attn_mask bool [Nq, Nk] True = blocked, or None,
+    key_padding_mask bool [B, Nk] True = padded key, or None) -> [B, Nq, D]. The mask convention is the torch
+    tree's (and common/denoising.py's); see `attend`.
     """
 
     def __init__(self, d_model, n_heads, dropout=0.0):
@@ -103,21 +134,13 @@ class MultiheadAttention(nn.Layer):
         self.dropout = nn.Dropout(dropout)
         nn.initializer.Constant(0.0)(self.out_proj.bias)
 
-    def forward(self, query, key, value, attn_mask=None):
-        b, nq, d = query.shape
-        nk = key.shape[1]
-        h = self.n_heads
+    def forward(self, query, key, value, attn_mask=None, key_padding_mask=None):
+        d = query.shape[-1]
         w, bias = self.in_proj_weight, self.in_proj_bias
 
-        def heads(x, w_x, b_x, n):  # project with rows of the packed [3D, D] weight: [B, n, D] -> [B, h, n, D / h]
-            return (paddle.matmul(x, w_x, transpose_y=True) + b_x).reshape([b, n, h, d // h]).transpose([0, 2, 1, 3])
+        def project(x, rows):  # with rows of the packed [3D, D] weight: [B, n, D] -> [B, n, D]
+            return paddle.matmul(x, w[rows], transpose_y=True) + bias[rows]
 
-        q = heads(query, w[:d], bias[:d], nq)
-        k = heads(key, w[d:2 * d], bias[d:2 * d], nk)
-        v = heads(value, w[2 * d:], bias[2 * d:], nk)
-        scores = paddle.matmul(q, k, transpose_y=True) / math.sqrt(d // h)  # [B, h, Nq, Nk]
-        if attn_mask is not None:
-            scores = scores + paddle.zeros(attn_mask.shape, scores.dtype).masked_fill(attn_mask, float("-inf"))
-        attn = self.dropout(F.softmax(scores, axis=-1))
-        out = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([b, nq, d])
+        out = attend(project(query, slice(0, d)), project(key, slice(d, 2 * d)), project(value, slice(2 * d, 3 * d)),
+                     self.n_heads, attn_mask, key_padding_mask, self.dropout)
         return self.out_proj(out)

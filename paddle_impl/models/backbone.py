@@ -118,9 +118,10 @@ class Bottleneck(nn.Layer):
 
 
 class ResNet(nn.Layer):
-    """ResNet trunk without the classifier. images [B, 3, H, W] -> [C2, C3, C4, C5] (strides 4, 8, 16, 32)."""
+    """ResNet trunk without the classifier. images [B, 3, H, W] -> [C2, C3, C4, C5] (strides 4, 8, 16, 32);
+    last_stage 3 builds no layer4 and stops at C4."""
 
-    def __init__(self, name, dilation=False, norm="frozen_bn"):
+    def __init__(self, name, dilation=False, norm="frozen_bn", last_stage=4):
         super().__init__()
         if name not in _DEPTHS:
             raise ValueError(f"model.backbone.name: unknown backbone {name!r}; choose one of {sorted(_DEPTHS)}")
@@ -134,8 +135,12 @@ class ResNet(nn.Layer):
         self.layer1 = self._make_layer(block, 64, depths[0])
         self.layer2 = self._make_layer(block, 128, depths[1], stride=2)
         self.layer3 = self._make_layer(block, 256, depths[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, depths[3], stride=2, dilate=dilation)
-        self.channels = [64 * block.expansion * 2 ** i for i in range(4)]
+        if last_stage == 4:
+            self.layer4 = self._make_layer(block, 512, depths[3], stride=2, dilate=dilation)
+        elif last_stage != 3:
+            raise ValueError(f"model.backbone.last_stage must be 3 or 4, got {last_stage}")
+        self.last_stage = last_stage
+        self.channels = [64 * block.expansion * 2 ** i for i in range(last_stage)]
         kaiming = nn.initializer.KaimingNormal(nonlinearity="relu", mode="fan_out")
         for m in self.sublayers():
             if isinstance(m, nn.Conv2D):
@@ -144,6 +149,11 @@ class ResNet(nn.Layer):
             for m in self.sublayers():
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     nn.initializer.Constant(0.0)((m.bn2 if isinstance(m, BasicBlock) else m.bn3).weight)
+
+    @property
+    def stages(self):
+        """[layer1, ..., layer{last_stage}]"""
+        return [getattr(self, f"layer{i}") for i in range(1, self.last_stage + 1)]
 
     def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
         previous_dilation = self._dilation
@@ -162,34 +172,36 @@ class ResNet(nn.Layer):
     def forward(self, x):
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
         feats = []
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+        for layer in self.stages:
             x = layer(x)
             feats.append(x)
         return feats
 
 
 class Backbone(nn.Layer):
-    """ResNet body returning C3-C5 (or C5 alone) with downsampled padding masks.
+    """ResNet body returning its last num_levels of C3-C5 (C3-C4 with last_stage 3) with downsampled padding masks.
 
     forward(images [B, 3, H, W], masks bool [B, H, W] True = padding) -> list of (feature [B, C_l, H_l, W_l],
     mask bool [B, H_l, W_l]); `num_channels` and `strides` describe the levels.
     """
 
-    def __init__(self, name="resnet50", frozen_stages=1, dilation=False, num_levels=3, norm="frozen_bn"):
+    def __init__(self, name="resnet50", frozen_stages=1, dilation=False, num_levels=3, norm="frozen_bn",
+                 last_stage=4):
         super().__init__()
-        self.body = ResNet(name, dilation, norm)
-        first = 4 - num_levels  # index into [C2, C3, C4, C5]
+        self.body = ResNet(name, dilation, norm, last_stage)
+        if not 1 <= num_levels <= last_stage - 1:
+            raise ValueError(f"the backbone gives 1 to {last_stage - 1} feature levels, not {num_levels}")
+        first = last_stage - num_levels  # index into [C2, C3, C4(, C5)]
         self._first = first
         self.num_channels = self.body.channels[first:]
-        self.strides = [4, 8, 16, 16 if dilation else 32][first:]
+        self.strides = [4, 8, 16, 16 if dilation else 32][first:last_stage]
         self.freeze(frozen_stages)
 
     def freeze(self, frozen_stages):
         """Stops gradients for the stem (stage 0) and layer1..layer{frozen_stages}; -1 freezes nothing."""
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"model.backbone.frozen_stages must be in -1..4, got {frozen_stages}")
-        stages = [[self.body.conv1], self.body.layer1, self.body.layer2, self.body.layer3, self.body.layer4]
-        for stage in stages[:frozen_stages + 1]:
+        for stage in ([self.body.conv1], *self.body.stages)[:frozen_stages + 1]:
             for module in stage:
                 for p in module.parameters():
                     p.stop_gradient = True
@@ -234,12 +246,14 @@ def read_weights(path):
 def load_pretrained(body, path):
     """Loads a torchvision ResNet ImageNet state dict into `body` (a ResNet); returns the ignored keys.
 
-    Every key the body has must be in the file with the same shape; the classifier (fc.*) and BatchNorm
-    counters (*.num_batches_tracked) are ignored and reported; any other extra key is an error. BatchNorm
-    statistics may carry torch's names (running_mean / running_var, renamed by convert/rules.py) or Paddle's.
+    Every key the body has must be in the file with the same shape; the classifier (fc.*), the stages the body
+    does not build (layer4.* with last_stage 3) and BatchNorm counters (*.num_batches_tracked) are ignored and
+    reported; any other extra key is an error. BatchNorm statistics may carry torch's names (running_mean /
+    running_var, renamed by convert/rules.py) or Paddle's.
     """
     state, _ = read_weights(path)  # no Linear in a ResNet: both layouts are the same but for BatchNorm names
-    ignored = sorted(k for k in state if k.startswith("fc.") or k.endswith(TORCH_ONLY_SUFFIX))
+    unbuilt = ("fc.",) + tuple(f"layer{i}." for i in range(body.last_stage + 1, 5))
+    ignored = sorted(k for k in state if k.startswith(unbuilt) or k.endswith(TORCH_ONLY_SUFFIX))
     used = {torch_name_to_paddle(k): v for k, v in state.items() if k not in ignored}
     own = body.state_dict()
     missing = sorted(set(own) - set(used))

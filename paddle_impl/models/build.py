@@ -3,11 +3,15 @@
 The four variants are switches of one model (common/config/model_schema.py lists them): deformable_detr is the
 release's baseline (two-stage, box refinement, mixed selection, look-forward-twice; no denoising, no C-decoder,
 focal loss), dino adds contrastive denoising, dac_cdn the C-decoder, dac_cdn_ice the IoU-aware loss (the release).
-The config -> argument mapping is common/model_args.py, shared with the torch tree.
+`model.arch` picks the detector and its transformer (ARCHS); conditional_detr is Conditional DETR. The criterion,
+matcher, post-processing and backbones are shared by every arch. The config -> argument mapping is
+common/model_args.py, shared with the torch tree.
 """
 from common import model_args as A
 
 from .backbone import Backbone, load_pretrained
+from .conditional_detr import ConditionalDETR
+from .conditional_transformer import ConditionalTransformer
 from .criterion import SetCriterion
 from .dac_detr import DACDETR
 from .deformable_transformer import DeformableTransformer
@@ -15,14 +19,17 @@ from .postprocess import PostProcess
 from .swin import SwinBackbone, load_pretrained as load_swin_pretrained
 from .utils import targets_to_tensors  # noqa: F401  (re-exported for the engine)
 
+ARCHS = {"dac_detr": (DACDETR, DeformableTransformer), "conditional_detr": (ConditionalDETR, ConditionalTransformer)}
+
 
 def build_model(cfg):
-    """cfg: the resolved config (uses cfg["model"], all keys present) -> (DACDETR, SetCriterion, PostProcess)."""
-    m = cfg["model"]
-    A.check(m)
+    """cfg: the resolved config (uses cfg["model"], all keys present) -> (detector of model.arch, SetCriterion,
+    PostProcess)."""
+    m = A.effective(cfg["model"])
     backbone_class, load = (SwinBackbone, load_swin_pretrained) if A.is_swin(m) else (Backbone, load_pretrained)
     backbone = backbone_class(**A.backbone_args(m))
     if m["backbone"]["pretrained"]:
         load(backbone.body, m["backbone"]["pretrained"])
-    model = DACDETR(backbone, DeformableTransformer(**A.transformer_args(m)), **A.detr_args(m))
+    detector, transformer = ARCHS[m["arch"]]
+    model = detector(backbone, transformer(**A.transformer_args(m)), **A.detr_args(m))
     return model, SetCriterion(**A.criterion_args(m)), PostProcess(**A.postprocess_args(m))

@@ -40,14 +40,24 @@ class PositionEmbeddingSine(nn.Layer):
         return paddle.concat((pos_y, pos_x), axis=3).transpose([0, 3, 1, 2])
 
 
-# Runs unconverted in static graphs (export): Paddle's AST conversion re-creates the function in a module where
-# the default `math.pi` is undefined (NameError); it has no control flow to convert.
+# These two run unconverted in static graphs (export): Paddle's AST conversion re-creates a function in a module
+# where the default `math.pi` is undefined (NameError); they have no control flow to convert.
+@paddle.jit.not_to_static
+def sine_embedding(coords, num_pos_feats=128, temperature=10000.0, scale=2 * math.pi):
+    """Sine encoding of each coordinate in [0, 1], with PositionEmbeddingSine's frequencies: a point (y, x) gets
+    the code of the feature-map pixel at that place.
+
+    coords [..., K] -> [..., K * num_pos_feats] (one block per coordinate, sin/cos interleaved).
+    """
+    dim_t = _inverse_frequencies(num_pos_feats, temperature).astype(coords.dtype)
+    pos = coords[..., None] * scale / dim_t  # [..., K, F]
+    return paddle.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), axis=-1).flatten(len(coords.shape) - 1)
+
+
 @paddle.jit.not_to_static
 def box_sine_embedding(boxes, num_pos_feats=128, temperature=10000.0, scale=2 * math.pi):
     """Sine encoding of each coordinate of unnormalized (logit-space) boxes, as in two-stage query selection.
 
     boxes [B, N, 4] logits of cxcywh -> [B, N, 4 * num_pos_feats] (cx, cy, w, h blocks, sin/cos interleaved).
     """
-    dim_t = _inverse_frequencies(num_pos_feats, temperature).astype(boxes.dtype)
-    pos = paddle.nn.functional.sigmoid(boxes)[..., None] * scale / dim_t  # [B, N, 4, F]
-    return paddle.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), axis=4).flatten(2)
+    return sine_embedding(paddle.nn.functional.sigmoid(boxes), num_pos_feats, temperature, scale)

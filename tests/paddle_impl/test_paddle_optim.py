@@ -53,7 +53,7 @@ def test_steps_match_torch(clip):
         paddle.add_n([(p * paddle.to_tensor(grads[n].copy())).sum() for n, p in pm.named_parameters()]).backward()
         if clip:  # what the engines do
             torch.nn.utils.clip_grad_norm_([p for _, p in tm.named_parameters()], clip)
-            paddle.nn.utils.clip_grad_norm_(params, clip)
+            paddle_optim.clip_grad_norm(params, clip)
         topt.step()
         popt.step()
         popt.clear_grad()
@@ -75,3 +75,25 @@ def test_frozen_parameters_are_left_out():
     pm.values[0].stop_gradient = True
     opt = paddle_optim.build_optimizer(pm, cfg, paddle_optim.build_scheduler(cfg))
     assert len(opt._parameter_list) == 2
+
+
+@pytest.mark.parametrize("max_norm", [0.1, 1e3])
+def test_clip_grad_norm_matches_paddles_own(max_norm):
+    """The engine's clip == paddle.nn.utils.clip_grad_norm_ (returned norm and clipped gradients), clipping
+    (0.1) and not (1e3); parameters without a gradient are skipped."""
+    shapes = [(3, 4), (7,), (2, 3, 5), (4,)]
+    results = []
+    for clip in (paddle_optim.clip_grad_norm, paddle.nn.utils.clip_grad_norm_):
+        params = [paddle.create_parameter(s, "float32") for s in shapes]
+        rng_ = np.random.default_rng(1)
+        paddle.add_n([(p * paddle.to_tensor(rng_.standard_normal(p.shape).astype(np.float32))).sum()
+                      for p in params[:3]]).backward()
+        norm = clip(params, max_norm)
+        assert params[3].grad is None
+        results.append((float(norm), [p.grad.numpy() for p in params[:3]]))
+    (ours, ours_grads), (theirs, their_grads) = results
+    assert ours == pytest.approx(theirs, rel=1e-6)
+    if max_norm < ours:  # the gradients were scaled down to the norm asked for
+        assert np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in ours_grads)) == pytest.approx(max_norm, rel=1e-5)
+    for a, b in zip(ours_grads, their_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)

@@ -35,12 +35,21 @@ class PositionEmbeddingSine(nn.Module):
         return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
 
 
+def sine_embedding(coords, num_pos_feats=128, temperature=10000.0, scale=2 * math.pi):
+    """Sine encoding of each coordinate in [0, 1], with PositionEmbeddingSine's frequencies: a point (y, x) gets
+    the code of the feature-map pixel at that place.
+
+    coords [..., K] -> [..., K * num_pos_feats] (one block per coordinate, sin/cos interleaved).
+    """
+    dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=coords.device)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats)
+    pos = coords[..., None] * scale / dim_t  # [..., K, F]
+    return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-3)
+
+
 def box_sine_embedding(boxes, num_pos_feats=128, temperature=10000.0, scale=2 * math.pi):
     """Sine encoding of each coordinate of unnormalized (logit-space) boxes, as in two-stage query selection.
 
     boxes [B, N, 4] logits of cxcywh -> [B, N, 4 * num_pos_feats] (cx, cy, w, h blocks, sin/cos interleaved).
     """
-    dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=boxes.device)
-    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats)
-    pos = boxes.sigmoid()[..., None] * scale / dim_t  # [B, N, 4, F]
-    return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=4).flatten(2)
+    return sine_embedding(boxes.sigmoid(), num_pos_feats, temperature, scale)

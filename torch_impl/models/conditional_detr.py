@@ -1,0 +1,66 @@
+"""Conditional DETR (Meng et al., "Conditional DETR for Fast Training Convergence", ICCV 2021): the detector.
+
+One feature map (C5, DC5 with backbone.dilation, or C4 with backbone.last_stage 3) projected to the transformer
+width, its sine position codes, conditional_transformer.ConditionalTransformer, and one class head and one box
+head shared by every decoder layer. The box head predicts an offset from the query's reference point s: box =
+sigmoid(bbox_embed(h) + (logit(s_x), logit(s_y), 0, 0)), so s is a box centre before any offset; s gets
+gradients from the boxes of every layer as well as through the spatial queries.
+
+forward(images [B, 3, H, W], masks bool [B, H, W] True = padding, targets=None, dn_rng=None) -> dict:
+
+    pred_logits  [B, Q, C]   last decoder layer (sigmoid class scores)
+    pred_boxes   [B, Q, 4]   cxcywh in [0, 1] of the unpadded image
+    aux_outputs  list of dec_layers - 1 dicts {pred_logits, pred_boxes}, earlier layers
+
+`targets` and `dn_rng` are accepted for the engines' call signature and unused (no denoising queries). Losses:
+the shared SetCriterion (focal loss, Hungarian matching, every layer).
+
+Parameter names follow the official release (class_embed, bbox_embed.layers.M, query_embed, input_proj,
+transformer.encoder.layers.N.*, transformer.decoder.{layers.N.{sa,ca}_*_proj, norm, query_scale,
+ref_point_head}), except the backbone: `backbone.body.*` (official: backbone.0.body.*), and the encoder's
+attention, which keeps torch.nn.MultiheadAttention's names.
+"""
+import math
+
+import torch
+from torch import nn
+
+from .dac_detr import MLP
+from .position_encoding import PositionEmbeddingSine
+from .utils import inverse_sigmoid
+
+
+class ConditionalDETR(nn.Module):
+    """See the module docstring."""
+
+    two_stage = False  # no encoder proposals (read by convert.check)
+
+    def __init__(self, backbone, transformer, num_classes, num_queries=300, pe_temperature=10000.0):
+        super().__init__()
+        d = transformer.d_model
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.backbone = backbone
+        self.transformer = transformer
+        self.position_embedding = PositionEmbeddingSine(d // 2, pe_temperature)
+        self.input_proj = nn.Conv2d(backbone.num_channels[-1], d, 1)
+        self.class_embed = nn.Linear(d, num_classes)
+        self.bbox_embed = MLP(d, d, 4, 3)
+        self.query_embed = nn.Embedding(num_queries, d)
+        nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))  # every class starts at p = 0.01
+        nn.init.zeros_(self.bbox_embed.layers[-1].weight)  # first boxes: centred on s, half the image wide
+        nn.init.zeros_(self.bbox_embed.layers[-1].bias)
+        nn.init.xavier_uniform_(self.input_proj.weight)
+        nn.init.zeros_(self.input_proj.bias)
+
+    def forward(self, images, masks, targets=None, dn_rng=None):
+        x, mask = self.backbone(images, masks)[-1]
+        hs, reference = self.transformer(self.input_proj(x), mask, self.query_embed.weight,
+                                         self.position_embedding(mask))
+        ref_logit = inverse_sigmoid(reference)
+        layers = []
+        for h in hs:
+            delta = self.bbox_embed(h)
+            boxes = torch.cat([delta[..., :2] + ref_logit, delta[..., 2:]], -1).sigmoid()
+            layers.append({"pred_logits": self.class_embed(h), "pred_boxes": boxes})
+        return dict(layers[-1], aux_outputs=layers[:-1])
