@@ -12,6 +12,14 @@ Contrastive: G = max(1, number // M) (DINO; the release's threshold quirk, fixed
 is not reproduced), positives jittered by < 1 half-size, negatives by 1-2 half-sizes (trained as
 background). Plain: G = number, positives only. A batch without any GT gets no denoising queries (P = 0).
 
+Noise forms (the defaults are DINO's / DAC-DETR's; DN-DETR's are the alternatives):
+  box_noise_form   corners: each corner moved by up to box_noise_scale half box sizes (noise_boxes);
+                   center_size (DN-DETR): the centre moved by up to box_noise_scale * (w / 2, h / 2), width and
+                   height scaled by a factor in [1 - box_noise_scale, 1 + box_noise_scale] (noise_boxes_center_size;
+                   positives only, so plain DN);
+  label_flip_prob  half_ratio: a label becomes a random class (possibly itself) with probability
+                   label_noise_ratio / 2; ratio (DN-DETR): with probability label_noise_ratio.
+
 Attention mask (True = blocked): matching queries cannot see any denoising query, and a denoising group
 cannot see another group; denoising queries do see the matching queries.
 """
@@ -52,8 +60,18 @@ def noise_boxes(boxes, scale, negative, rng):
     return np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1)
 
 
-def prepare_dn(targets, num_classes, num_queries, number, label_noise_ratio, box_noise_scale, contrastive, rng):
-    """Noised copies of the ground truth as denoising queries (module docstring for the layout).
+def noise_boxes_center_size(boxes, scale, rng):
+    """DN-DETR's box noise: (cx, cy) += u * scale * (w, h) / 2 and (w, h) *= 1 + u * scale, an independent
+    u ~ U[-1, 1) per coordinate. boxes [n, 4] cxcywh in [0, 1] -> [n, 4] cxcywh, each value clipped to [0, 1]
+    (as the release clips)."""
+    u = rng.random(boxes.shape) * 2.0 - 1.0
+    reach = np.concatenate([boxes[:, 2:] / 2, boxes[:, 2:]], 1) * scale
+    return np.clip(boxes + u * reach, 0.0, 1.0)
+
+
+def prepare_dn(targets, num_classes, num_queries, number, label_noise_ratio, box_noise_scale, contrastive, rng,
+               box_noise_form="corners", label_flip_prob="half_ratio"):
+    """Noised copies of the ground truth as denoising queries (module docstring for the layout and noise forms).
 
     targets: B dicts with "labels" int [n_b] and "boxes" [n_b, 4] cxcywh; rng: np.random.Generator.
     -> dict with
@@ -64,10 +82,16 @@ def prepare_dn(targets, num_classes, num_queries, number, label_noise_ratio, box
        positive_idx: B tuples (query_idx int64 [G n_b], gt_idx int64 [G n_b])  (slots to reconstruct their GT)
        pad_size P, num_groups G, group_size S
     """
+    if box_noise_form not in ("corners", "center_size") or label_flip_prob not in ("half_ratio", "ratio"):
+        raise ValueError(f"model.dn.box_noise_form must be corners or center_size and model.dn.label_flip_prob "
+                         f"half_ratio or ratio, got {box_noise_form!r}, {label_flip_prob!r}")
+    if contrastive and box_noise_form == "center_size":
+        raise ValueError("model.dn.box_noise_form center_size has no negatives: set model.dn.contrastive false")
     labels_list = [np.asarray(t["labels"], dtype=np.int64).reshape(-1) for t in targets]
     boxes_list = [np.asarray(t["boxes"], dtype=np.float64).reshape(-1, 4) for t in targets]
     groups, group_size, pad = dn_layout([len(x) for x in labels_list], number, contrastive)
     max_gt = group_size // 2 if contrastive else group_size
+    flip_prob = label_noise_ratio * (0.5 if label_flip_prob == "half_ratio" else 1.0)
     b = len(targets)
     labels = np.zeros((b, pad), dtype=np.int64)
     boxes = np.full((b, pad, 4), 0.5, dtype=np.float64)
@@ -82,11 +106,13 @@ def prepare_dn(targets, num_classes, num_queries, number, label_noise_ratio, box
         gt = j.reshape(-1)
         negative = k.reshape(-1).astype(bool)
         noisy_labels = lab[gt].copy()
-        if label_noise_ratio > 0:
-            flip = rng.random(len(gt)) < label_noise_ratio * 0.5
+        if flip_prob > 0:
+            flip = rng.random(len(gt)) < flip_prob
             noisy_labels[flip] = rng.integers(0, num_classes, size=int(flip.sum()))
         noisy_boxes = box[gt]
-        if box_noise_scale > 0:
+        if box_noise_scale > 0 and box_noise_form == "center_size":
+            noisy_boxes = noise_boxes_center_size(noisy_boxes, box_noise_scale, rng)
+        elif box_noise_scale > 0:
             noisy_boxes = noise_boxes(noisy_boxes, box_noise_scale, negative, rng)
         labels[i, slots], boxes[i, slots], valid[i, slots] = noisy_labels, noisy_boxes, True
         positive_idx.append((slots[~negative].astype(np.int64), gt[~negative].astype(np.int64)))

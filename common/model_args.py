@@ -21,8 +21,11 @@ _DEFORMABLE = {"two_stage": False, "mixed_selection": False, "look_forward_twice
                "dec_n_points": _OFF, "deform_attn_backend": _OFF, "dn": _OFF, "dn.enabled": False, "dac": _OFF,
                "dac.enabled": False, "loss.enc_class_weight": _OFF}
 NOT_APPLICABLE = {
-    "dac_detr": {},
+    "dac_detr": {"activation": _OFF},
     "conditional_detr": dict(_DEFORMABLE, num_feature_levels=1),  # single scale
+    # DN-DETR: dab_detr takes plain denoising queries (dn.*), not DINO's contrastive ones
+    "dab_detr": dict({k: v for k, v in _DEFORMABLE.items() if not k.startswith("dn")}, num_feature_levels=1,
+                     **{"dn.contrastive": False}),
 }
 
 
@@ -108,12 +111,15 @@ def backbone_args(m) -> Dict:
 
 
 def transformer_args(m) -> Dict:
-    """Arguments of the arch's transformer (deformable_transformer.DeformableTransformer or
-    conditional_transformer.ConditionalTransformer)."""
-    if m["arch"] == "conditional_detr":
-        return dict(d_model=m["hidden_dim"], nhead=m["nheads"], num_encoder_layers=m["enc_layers"],
+    """Arguments of the arch's transformer (deformable_transformer.DeformableTransformer,
+    conditional_transformer.ConditionalTransformer or dab_transformer.DABTransformer)."""
+    if m["arch"] in ("conditional_detr", "dab_detr"):
+        args = dict(d_model=m["hidden_dim"], nhead=m["nheads"], num_encoder_layers=m["enc_layers"],
                     num_decoder_layers=m["dec_layers"], dim_feedforward=m["dim_feedforward"], dropout=m["dropout"],
-                    pe_temperature=m["pe_temperature"])
+                    activation=m["activation"])
+        # conditional_detr codes its reference points with the pixels' temperature; dab_detr's anchor codes
+        # have the release's fixed one
+        return dict(args, pe_temperature=m["pe_temperature"]) if m["arch"] == "conditional_detr" else args
     return dict(d_model=m["hidden_dim"], nhead=m["nheads"], num_encoder_layers=m["enc_layers"],
                 num_decoder_layers=m["dec_layers"], dim_feedforward=m["dim_feedforward"], dropout=m["dropout"],
                 num_feature_levels=m["num_feature_levels"], enc_n_points=m["enc_n_points"],
@@ -123,15 +129,17 @@ def transformer_args(m) -> Dict:
 
 
 def dn_args(m):
-    """None (denoising off) or the dict DACDETR takes as `dn`."""
+    """None (denoising off) or the dict DACDETR and DABDETR take as `dn` (common.denoising.prepare_dn's options)."""
     dn = m["dn"]
-    return {k: dn[k] for k in ("number", "label_noise_ratio", "box_noise_scale", "contrastive")} if dn["enabled"] else None
+    keys = ("number", "label_noise_ratio", "box_noise_scale", "contrastive", "box_noise_form", "label_flip_prob")
+    return {k: dn[k] for k in keys} if dn["enabled"] else None
 
 
 def detr_args(m) -> Dict:
-    """The arch's detector arguments after (backbone, transformer): DACDETR or ConditionalDETR."""
-    if m["arch"] == "conditional_detr":
-        return dict(num_classes=m["num_classes"], num_queries=m["num_queries"], pe_temperature=m["pe_temperature"])
+    """The arch's detector arguments after (backbone, transformer): DACDETR, ConditionalDETR or DABDETR."""
+    if m["arch"] in ("conditional_detr", "dab_detr"):
+        args = dict(num_classes=m["num_classes"], num_queries=m["num_queries"], pe_temperature=m["pe_temperature"])
+        return dict(args, dn=dn_args(m)) if m["arch"] == "dab_detr" else args
     return dict(num_classes=m["num_classes"], num_feature_levels=m["num_feature_levels"],
                 num_queries=m["num_queries"], two_stage=m["two_stage"], mixed_selection=m["mixed_selection"],
                 dn=dn_args(m), dac=m["dac"]["enabled"], pe_temperature=m["pe_temperature"])

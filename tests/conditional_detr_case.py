@@ -48,8 +48,8 @@ def _softmax(x):
 
 
 def decoder_layer(w, nhead, tgt, memory, pos, query_pos, query_sine, memory_mask, first):
-    """One conditional decoder layer, post-norm, no dropout. w: the layer's state dict as float64 numpy in torch's
-    layout (Linear weights [out, in]); tgt, query_pos, query_sine [B, Q, D]; memory, pos [B, S, D]; memory_mask
+    """One conditional decoder layer, post-norm, no dropout, ReLU or (with `activation.weight` in w) PReLU in the
+    FFN. w: the layer's state dict as float64 numpy in torch's layout (Linear weights [out, in]); tgt, query_pos, query_sine [B, Q, D]; memory, pos [B, S, D]; memory_mask
     bool [B, S] True = padded -> [B, Q, D]."""
     b_size, q_size, d = tgt.shape
     dh = d // nhead
@@ -80,7 +80,9 @@ def decoder_layer(w, nhead, tgt, memory, pos, query_pos, query_sine, memory_mask
             ca[b, :, h] = _softmax(logits) @ v[b, :, h]
     tgt = _layer_norm(w, "norm2", tgt + _linear(w, "cross_attn.out_proj", ca))
 
-    ffn = _linear(w, "linear2", np.maximum(_linear(w, "linear1", tgt), 0.0))
+    hidden = _linear(w, "linear1", tgt)
+    slope = w.get("activation.weight", 0.0)  # PReLU's learned negative slope (model.activation prelu), else ReLU
+    ffn = _linear(w, "linear2", np.maximum(hidden, 0.0) + slope * np.minimum(hidden, 0.0))
     return _layer_norm(w, "norm3", tgt + ffn)
 
 

@@ -14,18 +14,22 @@ other variants are the same model with switches off, so that each differs from t
     dac_cdn_ice       the defaults                                (+ the IoU-aware loss)
 
 `arch` picks the detector. dac_detr is the family above; conditional_detr is Conditional DETR (Meng et al.,
-ICCV 2021: single-scale DETR encoder, conditional spatial queries in the decoder, focal loss): it reads the
-shared keys (backbone, hidden_dim, nheads, enc/dec_layers, dim_feedforward, dropout, num_queries,
-pe_temperature, loss, matcher, postprocess) and has none of the deformable / two-stage / dn / dac keys, which
-it ignores at their defaults and refuses otherwise (common/model_args.py: NOT_APPLICABLE).
+ICCV 2021: single-scale DETR encoder, conditional spatial queries in the decoder, focal loss); dab_detr is
+DAB-DETR (Liu et al., ICLR 2022: Conditional DETR's layers with learned anchor boxes as queries, refined layer
+by layer, and width / height-modulated cross-attention). The two single-scale archs read the shared keys
+(backbone, hidden_dim, nheads, enc/dec_layers, dim_feedforward, dropout, num_queries, pe_temperature, loss,
+matcher, postprocess) and have none of the deformable / two-stage / dac keys (nor dn, for conditional_detr),
+which they ignore at their defaults and refuse otherwise (common/model_args.py: NOT_APPLICABLE). dab_detr with
+dn.enabled is DN-DETR (Li et al., CVPR 2022: DN-DAB-DETR, plain denoising queries; configs/dn_dab_detr_*.yml).
 """
 from common.config.fields import Field as F
 
-ARCHS = ["dac_detr", "conditional_detr"]
+ARCHS = ["dac_detr", "conditional_detr", "dab_detr"]
 
 MODEL = {
     "arch": F(str, "dac_detr", "detector: dac_detr (the DAC-DETR / DINO / Deformable-DETR family, switched by the "
-                               "keys below) or conditional_detr (single scale, conditional spatial queries)",
+                               "keys below), conditional_detr (single scale, conditional spatial queries) or "
+                               "dab_detr (single scale, anchor-box queries refined per layer)",
               choices=ARCHS),
     "num_classes": F(int, None, "number of classes (null: the number of categories in the training annotations)"),
     "backbone": {
@@ -52,16 +56,19 @@ MODEL = {
                                         "0.2 for 12 epochs, 0.5 for 24); ignored for ResNet"),
     },
     "hidden_dim": F(int, 256, "transformer width (dac_detr: a multiple of 32 because of GroupNorm(32) in "
-                              "input_proj; conditional_detr: a multiple of 4 and of nheads)"),
+                              "input_proj; conditional_detr, dab_detr: a multiple of 4 and of nheads)"),
     "nheads": F(int, 8, "attention heads (deformable and self-attention)"),
     "num_feature_levels": F(int, 4, "feature levels: C3, C4, C5, then stride-2 3x3 convs on C5 (1: C5 only; "
                                     "with backbone.last_stage 3, C4 takes C5's place)"),
-    "enc_layers": F(int, 6, "encoder layers (deformable; conditional_detr: standard self-attention)"),
-    "dec_layers": F(int, 6, "decoder layers (dac_detr: each with its own class / box head; conditional_detr: "
-                            "one pair shared by all)"),
+    "enc_layers": F(int, 6, "encoder layers (deformable; conditional_detr, dab_detr: standard self-attention)"),
+    "dec_layers": F(int, 6, "decoder layers (dac_detr: each with its own class / box head; conditional_detr, "
+                            "dab_detr: one pair shared by all)"),
     "dim_feedforward": F(int, 2048, "FFN hidden size in encoder and decoder layers"),
-    "dropout": F(float, 0.0, "dropout in the transformer (the DAC-DETR release trains with 0, Conditional DETR "
-                             "with 0.1)"),
+    "activation": F(str, "relu", "FFN nonlinearity of conditional_detr / dab_detr layers: relu, or prelu (one "
+                                 "learned negative slope per layer, the DAB-DETR release's default); dac_detr's "
+                                 "deformable layers use relu", choices=["relu", "prelu"]),
+    "dropout": F(float, 0.0, "dropout in the transformer (the DAC-DETR and DAB-DETR releases train with 0, "
+                             "Conditional DETR with 0.1)"),
     "enc_n_points": F(int, 4, "sampling points per head and level in encoder deformable attention"),
     "dec_n_points": F(int, 4, "sampling points per head and level in decoder cross-attention"),
     "num_queries": F(int, 900, "object queries (= two-stage proposals kept)"),
@@ -70,21 +77,34 @@ MODEL = {
     "mixed_selection": F(bool, True, "two-stage: learned content queries + positional part from the proposals "
                                      "(false: both parts from the proposals)"),
     "look_forward_twice": F(bool, True, "a layer's box loss also updates the previous layer's box (undetached)"),
-    "pe_temperature": F(float, 10000.0, "temperature of the sine position encoding"),
+    "pe_temperature": F(float, 10000.0, "temperature of the sine position encoding of the feature maps (and of "
+                                        "conditional_detr's reference points); the DAB-DETR release uses 20 for "
+                                        "the pixels and a fixed 10000 for its anchor boxes' codes"),
     "deform_attn_backend": F(str, "auto", "multi-scale deformable attention: kernel (compiled), reference "
                                           "(grid_sample) or auto (kernel when it builds)",
                              choices=["auto", "kernel", "reference"]),
     "dn": {
-        "enabled": F(bool, True, "denoising queries in training (needs two_stage)"),
+        "enabled": F(bool, True, "denoising queries in training (dac_detr: needs two_stage; dab_detr: DN-DETR, "
+                                 "plain denoising only)"),
         "number": F(int, 100, "denoising budget: groups = max(1, number // max GT per image)"
-                              " (contrastive), else number groups"),
-        "label_noise_ratio": F(float, 0.5, "a noised label is replaced by a random class with probability "
-                                           "label_noise_ratio / 2 (DINO's convention)"),
-        "box_noise_scale": F(float, 0.4, "box corner jitter, in half box sizes (the release hard-codes 0.4; "
-                                         "DINO's default is 1.0)"),
+                              " (contrastive), else number groups (DN-DETR: 5)"),
+        "label_noise_ratio": F(float, 0.5, "label noise: a noised label is replaced by a random class with "
+                                           "probability label_noise_ratio / 2 or label_noise_ratio (see "
+                                           "label_flip_prob; DN-DETR: 0.2 with ratio)"),
+        "label_flip_prob": F(str, "half_ratio", "probability of replacing a noised label: half_ratio = "
+                                                "label_noise_ratio / 2 (DINO's and DAC-DETR's convention) or "
+                                                "ratio = label_noise_ratio (DN-DETR's)",
+                             choices=["half_ratio", "ratio"]),
+        "box_noise_scale": F(float, 0.4, "box noise scale lambda (the DAC-DETR release hard-codes 0.4; DINO's "
+                                         "default is 1.0; DN-DETR: 0.4), used as box_noise_form says"),
+        "box_noise_form": F(str, "corners", "corners: each corner moved by up to lambda half box sizes (DINO, "
+                                            "DAC-DETR); center_size: the centre moved by up to lambda * (w / 2, "
+                                            "h / 2) and w, h scaled by a factor in [1 - lambda, 1 + lambda] "
+                                            "(DN-DETR; needs contrastive false)",
+                            choices=["corners", "center_size"]),
         "contrastive": F(bool, True, "CDN (DINO): each group adds negatives pushed 1-2 half-sizes away and the "
                                      "group count adapts to the GT count; false: plain DN (positives only, "
-                                     "`number` fixed groups)"),
+                                     "`number` fixed groups; dab_detr: always false)"),
     },
     "dac": {
         "enabled": F(bool, True, "train the cross-attention-free C-decoder stream (no new parameters)"),

@@ -93,6 +93,9 @@ def attend(q, k, v, n_heads, attn_mask=None, key_padding_mask=None, dropout=None
     [B, Nk] (True = blocked; Paddle's own attention APIs read True as "attend", and paddle.nn.MultiHeadAttention
     has no key padding mask) or None, dropout: a layer applied to the attention weights -> [B, Nq, h * dv]
     (heads concatenated). The masks are added as 0 / -inf. Every query must see at least one key.
+    Written out, where torch's `attend` calls its fused kernel: Paddle's F.scaled_dot_product_attention runs this
+    same math on CPU (1.2x faster forward + backward in a measurement) and picks its flash-attention op elsewhere
+    (docs/paddle_vs_torch.md).
     """
     b, nq, _ = q.shape
     nk = k.shape[1]

@@ -3,9 +3,9 @@
 The four variants are switches of one model (common/config/model_schema.py lists them): deformable_detr is the
 release's baseline (two-stage, box refinement, mixed selection, look-forward-twice; no denoising, no C-decoder,
 focal loss), dino adds contrastive denoising, dac_cdn the C-decoder, dac_cdn_ice the IoU-aware loss (the release).
-`model.arch` picks the detector and its transformer (ARCHS); conditional_detr is Conditional DETR. The criterion,
-matcher, post-processing and backbones are shared by every arch. The config -> argument mapping is
-common/model_args.py, shared with the torch tree.
+`model.arch` picks the detector and its transformer (ARCHS); conditional_detr is Conditional DETR, dab_detr
+DAB-DETR. The criterion, matcher, post-processing and backbones are shared by every arch. The config -> argument
+mapping is common/model_args.py, shared with the torch tree.
 """
 from common import model_args as A
 
@@ -13,13 +13,16 @@ from .backbone import Backbone, load_pretrained
 from .conditional_detr import ConditionalDETR
 from .conditional_transformer import ConditionalTransformer
 from .criterion import SetCriterion
+from .dab_detr import DABDETR
+from .dab_transformer import DABTransformer
 from .dac_detr import DACDETR
 from .deformable_transformer import DeformableTransformer
 from .postprocess import PostProcess
 from .swin import SwinBackbone, load_pretrained as load_swin_pretrained
 from .utils import targets_to_tensors  # noqa: F401  (re-exported for the engine)
 
-ARCHS = {"dac_detr": (DACDETR, DeformableTransformer), "conditional_detr": (ConditionalDETR, ConditionalTransformer)}
+ARCHS = {"dac_detr": (DACDETR, DeformableTransformer), "conditional_detr": (ConditionalDETR, ConditionalTransformer),
+         "dab_detr": (DABDETR, DABTransformer)}
 
 
 def build_model(cfg):

@@ -33,12 +33,15 @@ from .position_encoding import PositionEmbeddingSine
 from .utils import inverse_sigmoid
 
 
-class ConditionalDETR(nn.Layer):
-    """See the module docstring."""
+class SingleScaleDETR(nn.Layer):
+    """What the single-scale detectors (ConditionalDETR, dab_detr.DABDETR) share: the backbone's last feature map
+    projected to the transformer width (input_proj), its sine position codes, one class head and one box head for
+    every decoder layer. A subclass registers its queries after them, then calls init_heads (the releases' init,
+    drawn after the queries' so that a seed gives the releases' order of random draws)."""
 
     two_stage = False  # no encoder proposals (read by convert.check)
 
-    def __init__(self, backbone, transformer, num_classes, num_queries=300, pe_temperature=10000.0):
+    def __init__(self, backbone, transformer, num_classes, num_queries, pe_temperature):
         super().__init__()
         d = transformer.d_model
         self.num_classes = num_classes
@@ -49,13 +52,23 @@ class ConditionalDETR(nn.Layer):
         self.input_proj = Conv2D(backbone.num_channels[-1], d, 1)
         self.class_embed = Linear(d, num_classes)
         self.bbox_embed = MLP(d, d, 4, 3)
-        self.query_embed = embedding(num_queries, d)
+
+    def init_heads(self):
         zeros = nn.initializer.Constant(0.0)
         nn.initializer.Constant(-math.log((1 - 0.01) / 0.01))(self.class_embed.bias)  # every class at p = 0.01
-        zeros(self.bbox_embed.layers[-1].weight)  # first boxes: centred on s, half the image wide
+        zeros(self.bbox_embed.layers[-1].weight)  # first boxes: the queries' own references
         zeros(self.bbox_embed.layers[-1].bias)
         nn.initializer.XavierUniform()(self.input_proj.weight)
         zeros(self.input_proj.bias)
+
+
+class ConditionalDETR(SingleScaleDETR):
+    """See the module docstring."""
+
+    def __init__(self, backbone, transformer, num_classes, num_queries=300, pe_temperature=10000.0):
+        super().__init__(backbone, transformer, num_classes, num_queries, pe_temperature)
+        self.query_embed = embedding(num_queries, transformer.d_model)
+        self.init_heads()
 
     def forward(self, images, masks, targets=None, dn_rng=None):
         x, mask = self.backbone(images, masks)[-1]

@@ -26,7 +26,7 @@ from paddle import nn
 
 from .attention import MultiheadAttention, attend
 from .dac_detr import MLP
-from .layers import Linear
+from .layers import Linear, PReLU
 from .position_encoding import sine_embedding
 
 
@@ -37,11 +37,19 @@ def _concat_heads(a, b, n_heads):
                          -1).flatten(2)
 
 
+def ffn_activation(name):
+    """The FFN nonlinearity of a layer: "relu", or "prelu" (one learned slope for negative inputs, `weight` [1],
+    0.25 at init: the DAB-DETR release's default)."""
+    if name not in ("relu", "prelu"):
+        raise ValueError(f"model.activation must be relu or prelu, got {name!r}")
+    return PReLU() if name == "prelu" else nn.ReLU()
+
+
 class ProjectedAttention(nn.Layer):
     """Multi-head attention whose inputs the caller has projected: `attend`, then out_proj.
 
     forward(q [B, Nq, h * dk], k [B, Nk, h * dk], v [B, Nk, D], key_padding_mask bool [B, Nk] True = padded, or
-    None) -> [B, Nq, D].
+    None; attn_mask bool [Nq, Nk] True = blocked, or None) -> [B, Nq, D].
     """
 
     def __init__(self, d_model, n_heads, dropout=0.0):
@@ -53,8 +61,8 @@ class ProjectedAttention(nn.Layer):
         self.dropout = nn.Dropout(dropout)
         nn.initializer.Constant(0.0)(self.out_proj.bias)
 
-    def forward(self, q, k, v, key_padding_mask=None):
-        return self.out_proj(attend(q, k, v, self.n_heads, None, key_padding_mask, self.dropout))
+    def forward(self, q, k, v, key_padding_mask=None, attn_mask=None):
+        return self.out_proj(attend(q, k, v, self.n_heads, attn_mask, key_padding_mask, self.dropout))
 
 
 class TransformerEncoderLayer(nn.Layer):
@@ -63,12 +71,13 @@ class TransformerEncoderLayer(nn.Layer):
     forward(src [B, S, D], pos [B, S, D], padding_mask bool [B, S]) -> [B, S, D]
     """
 
-    def __init__(self, d_model, nhead, d_ffn, dropout):
+    def __init__(self, d_model, nhead, d_ffn, dropout, activation="relu"):
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, nhead, dropout)
         self.linear1 = Linear(d_model, d_ffn)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = Linear(d_ffn, d_model)
+        self.activation = ffn_activation(activation)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout1 = nn.Dropout(dropout)
@@ -77,7 +86,7 @@ class TransformerEncoderLayer(nn.Layer):
     def forward(self, src, pos, padding_mask):
         q = src + pos
         src = self.norm1(src + self.dropout1(self.self_attn(q, q, src, key_padding_mask=padding_mask)))
-        ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
+        ffn = self.linear2(self.dropout(self.activation(self.linear1(src))))
         return self.norm2(src + self.dropout2(ffn))
 
 
@@ -99,10 +108,11 @@ class ConditionalDecoderLayer(nn.Layer):
     which adds the positions to the content query and key and owns ca_qpos_proj.
 
     forward(tgt [B, Q, D], memory [B, S, D], pos [B, S, D] pixel codes, query_pos [B, Q, D], query_sine [B, Q, D]
-    = lambda_q * PE(s), memory_mask bool [B, S]) -> [B, Q, D]
+    = lambda_q * PE(s), memory_mask bool [B, S], attn_mask bool [Q, Q] True = blocked (the self-attention's; DN-DETR's
+    denoising groups) or None) -> [B, Q, D]
     """
 
-    def __init__(self, d_model, nhead, d_ffn, dropout, first=False):
+    def __init__(self, d_model, nhead, d_ffn, dropout, first=False, activation="relu"):
         super().__init__()
         self.nhead = nhead
         self.sa_qcontent_proj = Linear(d_model, d_model)
@@ -121,6 +131,7 @@ class ConditionalDecoderLayer(nn.Layer):
         self.linear1 = Linear(d_model, d_ffn)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = Linear(d_ffn, d_model)
+        self.activation = ffn_activation(activation)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
@@ -128,10 +139,10 @@ class ConditionalDecoderLayer(nn.Layer):
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
 
-    def forward(self, tgt, memory, pos, query_pos, query_sine, memory_mask):
+    def forward(self, tgt, memory, pos, query_pos, query_sine, memory_mask, attn_mask=None):
         q = self.sa_qcontent_proj(tgt) + self.sa_qpos_proj(query_pos)
         k = self.sa_kcontent_proj(tgt) + self.sa_kpos_proj(query_pos)
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, self.sa_v_proj(tgt))))
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, self.sa_v_proj(tgt), attn_mask=attn_mask)))
 
         q = self.ca_qcontent_proj(tgt)
         k = self.ca_kcontent_proj(memory)
@@ -143,7 +154,7 @@ class ConditionalDecoderLayer(nn.Layer):
         k = _concat_heads(k, k_pos, self.nhead)
         tgt = self.norm2(tgt + self.dropout2(self.cross_attn(q, k, self.ca_v_proj(memory), memory_mask)))
 
-        ffn = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
+        ffn = self.linear2(self.dropout(self.activation(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout3(ffn))
 
 
@@ -183,16 +194,16 @@ class ConditionalTransformer(nn.Layer):
     """
 
     def __init__(self, d_model=256, nhead=8, num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=2048,
-                 dropout=0.1, pe_temperature=10000.0):
+                 dropout=0.1, pe_temperature=10000.0, activation="relu"):
         super().__init__()
         if d_model % 4:
             raise ValueError(f"model.hidden_dim must be a multiple of 4 (a sin/cos pair per frequency for each of "
                              f"y and x), got {d_model}")
         self.d_model = d_model
-        self.encoder = TransformerEncoder([TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout)
+        self.encoder = TransformerEncoder([TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation)
                                            for _ in range(num_encoder_layers)])
         self.decoder = ConditionalDecoder(
-            [ConditionalDecoderLayer(d_model, nhead, dim_feedforward, dropout, first=(i == 0))
+            [ConditionalDecoderLayer(d_model, nhead, dim_feedforward, dropout, first=(i == 0), activation=activation)
              for i in range(num_decoder_layers)], d_model, pe_temperature)
         xavier = nn.initializer.XavierUniform()
         for p in self.parameters():  # DETR's init: Xavier for every matrix, biases as constructed

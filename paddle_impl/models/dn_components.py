@@ -1,16 +1,32 @@
-"""Denoising queries as tensors: the numpy queries of common/denoising.py, labels embedded by `label_enc`."""
+"""Denoising queries as tensors: the numpy queries of common/denoising.py, labels embedded by `label_enc`.
+
+Two content forms: DINO's (DAC-DETR), label_enc [C + 1, D] itself; DN-DETR's (`indicator`), label_enc [C + 1, D - 1]
+followed by an indicator feature, 1 for a denoising query and 0 for a matching query, whose content is the
+embedding of the extra "unknown" class C (matching_content).
+"""
 import paddle
 
 from .utils import inverse_sigmoid
 
 
-def dn_queries_to_tensors(dn, label_enc, place=None):
+def dn_queries_to_tensors(dn, label_enc, place=None, indicator=False):
     """Embeds the numpy denoising queries. dn: prepare_dn's dict, label_enc: embedding of num_classes + 1 rows
-    -> (content [B, P, D], box logits [B, P, 4], attn_mask bool [P + Q, P + Q]) on `place` (default: the current
-    device); content and box logits in label_enc's dtype (Paddle's concat does not promote dtypes)."""
+    (D - 1 features with `indicator`, else D) -> (content [B, P, D], box logits [B, P, 4], attn_mask bool [P + Q,
+    P + Q]) on `place` (default: the current device); empty slots have zero content (indicator included) and box
+    logit 0; content and box logits in label_enc's dtype (Paddle's concat does not promote dtypes)."""
     dtype = label_enc.weight.dtype
     labels = paddle.to_tensor(dn["labels"], place=place)
     valid = paddle.to_tensor(dn["valid"], place=place)
-    content = label_enc(labels) * valid[..., None].astype(dtype)
+    content = label_enc(labels)
+    if indicator:
+        content = paddle.concat([content, paddle.ones(content.shape[:-1] + [1], dtype)], -1)
+    content = content * valid[..., None].astype(dtype)
     boxes = paddle.to_tensor(dn["boxes"], place=place)  # 0.5 in empty slots: logit 0
     return content, inverse_sigmoid(boxes).astype(dtype), paddle.to_tensor(dn["attn_mask"], place=place)
+
+
+def matching_content(label_enc):
+    """DN-DETR's content of every matching query: the last ("unknown" class) row of label_enc [C + 1, D - 1] and
+    indicator 0 -> [D]."""
+    row = label_enc.weight[-1]
+    return paddle.concat([row, paddle.zeros([1], row.dtype)])

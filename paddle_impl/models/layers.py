@@ -70,6 +70,18 @@ def embedding(num, dim):
     return nn.Embedding(num, dim, weight_attr=paddle.ParamAttr(initializer=nn.initializer.Normal(0.0, 1.0)))
 
 
+class PReLU(nn.Layer):
+    """torch.nn.PReLU(): x [...] -> max(0, x) + weight * min(0, x) with one learned slope, parameter `weight` [1]
+    initialized to 0.25 (paddle.nn.PReLU names it `_weight`, which would break the conversion rule)."""
+
+    def __init__(self, init=0.25):
+        super().__init__()
+        self.weight = self.create_parameter([1], default_initializer=nn.initializer.Constant(init))
+
+    def forward(self, x):
+        return F.prelu(x, self.weight)
+
+
 class BatchNorm2D(nn.BatchNorm2D):
     """paddle.nn.BatchNorm2D that tracks statistics as torch.nn.BatchNorm2d does. x [B, C, H, W] -> same.
 

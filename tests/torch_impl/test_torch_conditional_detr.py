@@ -185,7 +185,9 @@ def test_arch_switch_rejects_keys_that_do_not_apply():
             A.check(model_cfg(**overrides))
         assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="model.arch must be one of"):
-        A.check(model_cfg(arch="dab_detr"))
+        A.check(model_cfg(arch="detr"))
+    with pytest.raises(ValueError, match=r"^model.activation='prelu' does not apply to model.arch=dac_detr"):
+        A.check(model_cfg(arch="dac_detr", activation="prelu"))  # the deformable layers have no activation choice
     A.check(model_cfg(mixed_selection=False, look_forward_twice=False))  # off values are fine
 
 

@@ -30,12 +30,15 @@ from .position_encoding import PositionEmbeddingSine
 from .utils import inverse_sigmoid
 
 
-class ConditionalDETR(nn.Module):
-    """See the module docstring."""
+class SingleScaleDETR(nn.Module):
+    """What the single-scale detectors (ConditionalDETR, dab_detr.DABDETR) share: the backbone's last feature map
+    projected to the transformer width (input_proj), its sine position codes, one class head and one box head for
+    every decoder layer. A subclass registers its queries after them, then calls init_heads (the releases' init,
+    drawn after the queries' so that a seed gives the releases' order of random draws)."""
 
     two_stage = False  # no encoder proposals (read by convert.check)
 
-    def __init__(self, backbone, transformer, num_classes, num_queries=300, pe_temperature=10000.0):
+    def __init__(self, backbone, transformer, num_classes, num_queries, pe_temperature):
         super().__init__()
         d = transformer.d_model
         self.num_classes = num_classes
@@ -46,12 +49,22 @@ class ConditionalDETR(nn.Module):
         self.input_proj = nn.Conv2d(backbone.num_channels[-1], d, 1)
         self.class_embed = nn.Linear(d, num_classes)
         self.bbox_embed = MLP(d, d, 4, 3)
-        self.query_embed = nn.Embedding(num_queries, d)
+
+    def init_heads(self):
         nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))  # every class starts at p = 0.01
-        nn.init.zeros_(self.bbox_embed.layers[-1].weight)  # first boxes: centred on s, half the image wide
+        nn.init.zeros_(self.bbox_embed.layers[-1].weight)  # first boxes: the queries' own references
         nn.init.zeros_(self.bbox_embed.layers[-1].bias)
         nn.init.xavier_uniform_(self.input_proj.weight)
         nn.init.zeros_(self.input_proj.bias)
+
+
+class ConditionalDETR(SingleScaleDETR):
+    """See the module docstring."""
+
+    def __init__(self, backbone, transformer, num_classes, num_queries=300, pe_temperature=10000.0):
+        super().__init__(backbone, transformer, num_classes, num_queries, pe_temperature)
+        self.query_embed = nn.Embedding(num_queries, transformer.d_model)
+        self.init_heads()
 
     def forward(self, images, masks, targets=None, dn_rng=None):
         x, mask = self.backbone(images, masks)[-1]

@@ -18,7 +18,6 @@ Decoder, per layer (post-norm; the shared LayerNorm `norm` gives each layer's ou
 The decoder's input content is zero; the object queries (`query_pos`) are the detector's learned query_embed.
 """
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attention import MultiheadAttention, attend
@@ -32,11 +31,19 @@ def _concat_heads(a, b, n_heads):
     return torch.cat([a.view(bs, n, n_heads, d // n_heads), b.view(bs, n, n_heads, d // n_heads)], -1).flatten(2)
 
 
+def ffn_activation(name):
+    """The FFN nonlinearity of a layer: "relu", or "prelu" (one learned slope for negative inputs, `weight` [1],
+    0.25 at init: the DAB-DETR release's default)."""
+    if name not in ("relu", "prelu"):
+        raise ValueError(f"model.activation must be relu or prelu, got {name!r}")
+    return nn.PReLU() if name == "prelu" else nn.ReLU()
+
+
 class ProjectedAttention(nn.Module):
     """Multi-head attention whose inputs the caller has projected: `attend`, then out_proj.
 
     forward(q [B, Nq, h * dk], k [B, Nk, h * dk], v [B, Nk, D], key_padding_mask bool [B, Nk] True = padded, or
-    None) -> [B, Nq, D].
+    None; attn_mask bool [Nq, Nk] True = blocked, or None) -> [B, Nq, D].
     """
 
     def __init__(self, d_model, n_heads, dropout=0.0):
@@ -48,8 +55,8 @@ class ProjectedAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, q, k, v, key_padding_mask=None):
-        return self.out_proj(attend(q, k, v, self.n_heads, None, key_padding_mask, self.dropout))
+    def forward(self, q, k, v, key_padding_mask=None, attn_mask=None):
+        return self.out_proj(attend(q, k, v, self.n_heads, attn_mask, key_padding_mask, self.dropout))
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -58,12 +65,13 @@ class TransformerEncoderLayer(nn.Module):
     forward(src [B, S, D], pos [B, S, D], padding_mask bool [B, S]) -> [B, S, D]
     """
 
-    def __init__(self, d_model, nhead, d_ffn, dropout):
+    def __init__(self, d_model, nhead, d_ffn, dropout, activation="relu"):
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, nhead, dropout)
         self.linear1 = nn.Linear(d_model, d_ffn)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(d_ffn, d_model)
+        self.activation = ffn_activation(activation)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout1 = nn.Dropout(dropout)
@@ -72,7 +80,7 @@ class TransformerEncoderLayer(nn.Module):
     def forward(self, src, pos, padding_mask):
         q = src + pos
         src = self.norm1(src + self.dropout1(self.self_attn(q, q, src, key_padding_mask=padding_mask)))
-        ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
+        ffn = self.linear2(self.dropout(self.activation(self.linear1(src))))
         return self.norm2(src + self.dropout2(ffn))
 
 
@@ -94,10 +102,11 @@ class ConditionalDecoderLayer(nn.Module):
     which adds the positions to the content query and key and owns ca_qpos_proj.
 
     forward(tgt [B, Q, D], memory [B, S, D], pos [B, S, D] pixel codes, query_pos [B, Q, D], query_sine [B, Q, D]
-    = lambda_q * PE(s), memory_mask bool [B, S]) -> [B, Q, D]
+    = lambda_q * PE(s), memory_mask bool [B, S], attn_mask bool [Q, Q] True = blocked (the self-attention's; DN-DETR's
+    denoising groups) or None) -> [B, Q, D]
     """
 
-    def __init__(self, d_model, nhead, d_ffn, dropout, first=False):
+    def __init__(self, d_model, nhead, d_ffn, dropout, first=False, activation="relu"):
         super().__init__()
         self.nhead = nhead
         self.sa_qcontent_proj = nn.Linear(d_model, d_model)
@@ -116,6 +125,7 @@ class ConditionalDecoderLayer(nn.Module):
         self.linear1 = nn.Linear(d_model, d_ffn)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(d_ffn, d_model)
+        self.activation = ffn_activation(activation)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
@@ -123,10 +133,10 @@ class ConditionalDecoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
 
-    def forward(self, tgt, memory, pos, query_pos, query_sine, memory_mask):
+    def forward(self, tgt, memory, pos, query_pos, query_sine, memory_mask, attn_mask=None):
         q = self.sa_qcontent_proj(tgt) + self.sa_qpos_proj(query_pos)
         k = self.sa_kcontent_proj(tgt) + self.sa_kpos_proj(query_pos)
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, self.sa_v_proj(tgt))))
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, self.sa_v_proj(tgt), attn_mask=attn_mask)))
 
         q = self.ca_qcontent_proj(tgt)
         k = self.ca_kcontent_proj(memory)
@@ -138,7 +148,7 @@ class ConditionalDecoderLayer(nn.Module):
         k = _concat_heads(k, k_pos, self.nhead)
         tgt = self.norm2(tgt + self.dropout2(self.cross_attn(q, k, self.ca_v_proj(memory), memory_mask)))
 
-        ffn = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
+        ffn = self.linear2(self.dropout(self.activation(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout3(ffn))
 
 
@@ -178,16 +188,16 @@ class ConditionalTransformer(nn.Module):
     """
 
     def __init__(self, d_model=256, nhead=8, num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=2048,
-                 dropout=0.1, pe_temperature=10000.0):
+                 dropout=0.1, pe_temperature=10000.0, activation="relu"):
         super().__init__()
         if d_model % 4:
             raise ValueError(f"model.hidden_dim must be a multiple of 4 (a sin/cos pair per frequency for each of "
                              f"y and x), got {d_model}")
         self.d_model = d_model
-        self.encoder = TransformerEncoder([TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout)
+        self.encoder = TransformerEncoder([TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation)
                                            for _ in range(num_encoder_layers)])
         self.decoder = ConditionalDecoder(
-            [ConditionalDecoderLayer(d_model, nhead, dim_feedforward, dropout, first=(i == 0))
+            [ConditionalDecoderLayer(d_model, nhead, dim_feedforward, dropout, first=(i == 0), activation=activation)
              for i in range(num_decoder_layers)], d_model, pe_temperature)
         for p in self.parameters():  # DETR's init: Xavier for every matrix, biases as constructed
             if p.dim() > 1:
