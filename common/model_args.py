@@ -26,6 +26,10 @@ NOT_APPLICABLE = {
     # DN-DETR: dab_detr takes plain denoising queries (dn.*), not DINO's contrastive ones
     "dab_detr": dict({k: v for k, v in _DEFORMABLE.items() if not k.startswith("dn")}, num_feature_levels=1,
                      **{"dn.contrastive": False}),
+    # DAB-Deformable-DETR / DN-Deformable-DETR: deformable, one-stage, plain denoising, no C-decoder
+    "dab_deformable_detr": {"activation": _OFF, "two_stage": False, "mixed_selection": False,
+                            "look_forward_twice": False, "dac": _OFF, "dac.enabled": False,
+                            "loss.enc_class_weight": _OFF, "dn.contrastive": False},
 }
 
 
@@ -111,8 +115,8 @@ def backbone_args(m) -> Dict:
 
 
 def transformer_args(m) -> Dict:
-    """Arguments of the arch's transformer (deformable_transformer.DeformableTransformer,
-    conditional_transformer.ConditionalTransformer or dab_transformer.DABTransformer)."""
+    """Arguments of the arch's transformer (deformable_transformer.DeformableTransformer for dac_detr and
+    dab_deformable_detr, conditional_transformer.ConditionalTransformer or dab_transformer.DABTransformer)."""
     if m["arch"] in ("conditional_detr", "dab_detr"):
         args = dict(d_model=m["hidden_dim"], nhead=m["nheads"], num_encoder_layers=m["enc_layers"],
                     num_decoder_layers=m["dec_layers"], dim_feedforward=m["dim_feedforward"], dropout=m["dropout"],
@@ -125,21 +129,25 @@ def transformer_args(m) -> Dict:
                 num_feature_levels=m["num_feature_levels"], enc_n_points=m["enc_n_points"],
                 dec_n_points=m["dec_n_points"], two_stage=m["two_stage"], num_queries=m["num_queries"],
                 mixed_selection=m["mixed_selection"], look_forward_twice=m["look_forward_twice"],
-                backend=m["deform_attn_backend"])
+                backend=m["deform_attn_backend"], dab=m["arch"] == "dab_deformable_detr")
 
 
 def dn_args(m):
-    """None (denoising off) or the dict DACDETR and DABDETR take as `dn` (common.denoising.prepare_dn's options)."""
+    """None (denoising off) or the dict the detectors take as `dn` (common.denoising.prepare_dn's options)."""
     dn = m["dn"]
     keys = ("number", "label_noise_ratio", "box_noise_scale", "contrastive", "box_noise_form", "label_flip_prob")
     return {k: dn[k] for k in keys} if dn["enabled"] else None
 
 
 def detr_args(m) -> Dict:
-    """The arch's detector arguments after (backbone, transformer): DACDETR, ConditionalDETR or DABDETR."""
+    """The arch's detector arguments after (backbone, transformer): DACDETR, ConditionalDETR, DABDETR or
+    DABDeformableDETR."""
     if m["arch"] in ("conditional_detr", "dab_detr"):
         args = dict(num_classes=m["num_classes"], num_queries=m["num_queries"], pe_temperature=m["pe_temperature"])
         return dict(args, dn=dn_args(m)) if m["arch"] == "dab_detr" else args
+    if m["arch"] == "dab_deformable_detr":
+        return dict(num_classes=m["num_classes"], num_feature_levels=m["num_feature_levels"],
+                    num_queries=m["num_queries"], dn=dn_args(m), pe_temperature=m["pe_temperature"])
     return dict(num_classes=m["num_classes"], num_feature_levels=m["num_feature_levels"],
                 num_queries=m["num_queries"], two_stage=m["two_stage"], mixed_selection=m["mixed_selection"],
                 dn=dn_args(m), dac=m["dac"]["enabled"], pe_temperature=m["pe_temperature"])

@@ -22,9 +22,11 @@ def expected_dn(targets, seed):
     return prepare_dn(targets, NUM_CLASSES, NUM_QUERIES, rng=np.random.default_rng(seed), **opts)
 
 
-def check_queries(anchors, content, attn_mask, dn, label_enc, refpoint):
+def check_queries(anchors, content, attn_mask, dn, label_enc, refpoint, matching=None):
     """The decoder's inputs (numpy: anchor logits [B, P + Q, 4], content [B, P + Q, D], attn_mask [P + Q, P + Q])
-    against prepare_dn's `dn`, label_enc [C + 1, D - 1] and refpoint_embed [Q, 4]; raises AssertionError."""
+    against prepare_dn's `dn`, label_enc [C + 1, D - 1], refpoint_embed [Q, 4] and the matching queries' content
+    `matching` [Q, D] (default: DN-DAB-DETR's, the unknown class's embedding and indicator 0); raises
+    AssertionError."""
     p, b = dn["pad_size"], anchors.shape[0]
     valid = dn["valid"]
     assert anchors.shape == (b, p + NUM_QUERIES, 4) and content.shape == (b, p + NUM_QUERIES, HIDDEN)
@@ -35,6 +37,6 @@ def check_queries(anchors, content, attn_mask, dn, label_enc, refpoint):
     dn_content = np.concatenate([label_enc[dn["labels"]], np.ones(dn["labels"].shape + (1,))], -1)
     np.testing.assert_allclose(content[:, :p][valid], dn_content[valid], atol=1e-7)
     assert not content[:, :p][~valid].any()
-    # matching queries: the unknown class's embedding and indicator 0
-    unknown = np.concatenate([label_enc[NUM_CLASSES], [0.0]])
-    np.testing.assert_allclose(content[:, p:], np.broadcast_to(unknown, (b, NUM_QUERIES, HIDDEN)), atol=1e-7)
+    if matching is None:  # DN-DAB-DETR: the unknown class's embedding and indicator 0
+        matching = np.broadcast_to(np.concatenate([label_enc[NUM_CLASSES], [0.0]]), (NUM_QUERIES, HIDDEN))
+    np.testing.assert_allclose(content[:, p:], np.broadcast_to(matching, (b, NUM_QUERIES, HIDDEN)), atol=1e-7)

@@ -29,13 +29,13 @@ def _layers(out):
             for k in ("pred_logits", "pred_boxes")]
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=list(VARIANTS))
-def test_eval_outputs_float64(variant):
-    m = model_cfg(**VARIANTS[variant])
+def eval_outputs_float64(m, prepare):
+    """Every decoder layer's eval outputs of the model section m, torch and Paddle on the same weights, float64
+    -> [(name, torch array, Paddle array)]; prepare(torch model) runs (without gradients) before the copy."""
     torch.manual_seed(0)
     pt = build_torch({"model": m})[0]
-    with torch.no_grad():  # non-zero box deltas, so the box head's whole path is compared
-        pt.bbox_embed.layers[-1].weight.normal_(0, 0.1)
+    with torch.no_grad():
+        prepare(pt)
     pd = build_paddle({"model": m})[0]
     torch_module_to_paddle(pt, pd)
     pt.double().eval()
@@ -45,8 +45,14 @@ def test_eval_outputs_float64(variant):
         out_t = pt(torch.from_numpy(IMAGES.astype(np.float64)), torch.from_numpy(MASKS))
     with paddle.no_grad():
         out_p = pd(paddle.to_tensor(IMAGES.astype(np.float64)), paddle.to_tensor(MASKS))
-    for (name, a), (_, b) in zip(_layers(out_t), _layers(out_p)):
-        a, b = a.numpy(), b.numpy()
+    return [(name, a.numpy(), b.numpy()) for (name, a), (_, b) in zip(_layers(out_t), _layers(out_p))]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=list(VARIANTS))
+def test_eval_outputs_float64(variant):
+    def moving_boxes(model):  # non-zero box deltas, so the box head's whole path is compared
+        model.bbox_embed.layers[-1].weight.normal_(0, 0.1)
+    for name, a, b in eval_outputs_float64(model_cfg(**VARIANTS[variant]), moving_boxes):
         # not 1e-12: both trees compute the pixels' sine codes in float32 (sin differs by an ulp between the
         # frameworks); measured 1.2e-9
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-6 * max(1.0, np.abs(a).max()), err_msg=name)

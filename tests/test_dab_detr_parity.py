@@ -2,16 +2,13 @@
 decoder layer, the same loss terms and gradients of every parameter, the same parameters after SGD steps.
 tests/test_conditional_detr_parity.py's method, on the anchor-box decoder."""
 import numpy as np
-import paddle
 import pytest
 import torch
 
-from convert.frameworks import torch_module_to_paddle
 from convert.parity import TrainingPair, max_relative
-from paddle_impl.models import build_model as build_paddle
 from tests.dab_detr_case import IMAGES, MASKS, TARGETS, model_cfg
-from tests.test_conditional_detr_parity import _layers, _one_torch_thread, no_exact_zero_norms  # noqa: F401
-from torch_impl.models import build_model as build_torch
+from tests.test_conditional_detr_parity import _one_torch_thread  # noqa: F401  (fixture)
+from tests.test_conditional_detr_parity import eval_outputs_float64, no_exact_zero_norms
 
 VARIANTS = {"c4_frozen_bn": {}, "c5_gn": dict(backbone=dict(last_stage=4, norm="gn", frozen_stages=-1))}
 BATCH = {"images": IMAGES, "masks": MASKS, "targets": TARGETS}
@@ -25,22 +22,7 @@ def moving_anchors(model):
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=list(VARIANTS))
 def test_eval_outputs_float64(variant):
-    m = model_cfg(**VARIANTS[variant])
-    torch.manual_seed(0)
-    pt = build_torch({"model": m})[0]
-    with torch.no_grad():
-        moving_anchors(pt)
-    pd = build_paddle({"model": m})[0]
-    torch_module_to_paddle(pt, pd)
-    pt.double().eval()
-    pd.to(dtype="float64")
-    pd.eval()
-    with torch.no_grad():
-        out_t = pt(torch.from_numpy(IMAGES.astype(np.float64)), torch.from_numpy(MASKS))
-    with paddle.no_grad():
-        out_p = pd(paddle.to_tensor(IMAGES.astype(np.float64)), paddle.to_tensor(MASKS))
-    for (name, a), (_, b) in zip(_layers(out_t), _layers(out_p)):
-        a, b = a.numpy(), b.numpy()
+    for name, a, b in eval_outputs_float64(model_cfg(**VARIANTS[variant]), moving_anchors):
         # not 1e-12: both trees compute the pixels' sine codes in float32 (sin differs by an ulp between the
         # frameworks); measured 6e-10
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-6 * max(1.0, np.abs(a).max()), err_msg=name)

@@ -100,7 +100,8 @@ def test_dab_detr_takes_plain_dn_keys():
     assert "dn" not in A.detr_args(A.effective(dict(model_cfg(), arch="conditional_detr")))
     with pytest.raises(ValueError, match="^" + re.escape("model.dac.k=3 does not apply to model.arch=dab_detr")):
         A.check(model_cfg(dn=dn, dac=dict(k=3)))
-    for path in ("dn_dab_detr_r50_50ep.yml", "demo_dn_dab_detr.yml"):
+    for path in ("dn_dab_detr_r50_50ep.yml", "demo_dn_dab_detr.yml", "dn_dab_deformable_detr_r50_50ep.yml",
+                 "demo_dn_dab_deformable_detr.yml"):
         cfg = load_config(os.path.join(ROOT, "configs", path))["model"]
         assert A.dn_args(A.effective(dict(cfg, num_classes=80))) == dict(
             number=5, label_noise_ratio=0.2, box_noise_scale=0.4, contrastive=False, box_noise_form="center_size",

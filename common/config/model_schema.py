@@ -21,15 +21,20 @@ by layer, and width / height-modulated cross-attention). The two single-scale ar
 matcher, postprocess) and have none of the deformable / two-stage / dac keys (nor dn, for conditional_detr),
 which they ignore at their defaults and refuse otherwise (common/model_args.py: NOT_APPLICABLE). dab_detr with
 dn.enabled is DN-DETR (Li et al., CVPR 2022: DN-DAB-DETR, plain denoising queries; configs/dn_dab_detr_*.yml).
+dab_deformable_detr is DAB-Deformable-DETR: the dac_detr layout (deformable encoder and decoder, box refinement)
+one-stage, with learned anchor boxes whose codes give each decoder layer its positional queries; it has the
+deformable keys but not two_stage / mixed_selection / look_forward_twice / dac, and with dn.enabled (plain) it is
+DN-Deformable-DETR (configs/dn_dab_deformable_detr_*.yml).
 """
 from common.config.fields import Field as F
 
-ARCHS = ["dac_detr", "conditional_detr", "dab_detr"]
+ARCHS = ["dac_detr", "conditional_detr", "dab_detr", "dab_deformable_detr"]
 
 MODEL = {
     "arch": F(str, "dac_detr", "detector: dac_detr (the DAC-DETR / DINO / Deformable-DETR family, switched by the "
-                               "keys below), conditional_detr (single scale, conditional spatial queries) or "
-                               "dab_detr (single scale, anchor-box queries refined per layer)",
+                               "keys below), conditional_detr (single scale, conditional spatial queries), "
+                               "dab_detr (single scale, anchor-box queries refined per layer) or "
+                               "dab_deformable_detr (multi-scale deformable, one-stage anchor-box queries)",
               choices=ARCHS),
     "num_classes": F(int, None, "number of classes (null: the number of categories in the training annotations)"),
     "backbone": {
@@ -84,8 +89,8 @@ MODEL = {
                                           "(grid_sample) or auto (kernel when it builds)",
                              choices=["auto", "kernel", "reference"]),
     "dn": {
-        "enabled": F(bool, True, "denoising queries in training (dac_detr: needs two_stage; dab_detr: DN-DETR, "
-                                 "plain denoising only)"),
+        "enabled": F(bool, True, "denoising queries in training (dac_detr: needs two_stage; dab_detr, "
+                                 "dab_deformable_detr: DN-DETR, plain denoising only)"),
         "number": F(int, 100, "denoising budget: groups = max(1, number // max GT per image)"
                               " (contrastive), else number groups (DN-DETR: 5)"),
         "label_noise_ratio": F(float, 0.5, "label noise: a noised label is replaced by a random class with "

@@ -11,6 +11,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import yaml
 
+from common import model_args
 from common.config import load_config
 from common.data.coco import CategoryMap
 from common.errors import UserError
@@ -19,7 +20,6 @@ INFER_CFG = "infer_cfg.yml"
 INTERP_LINEAR = 1  # cv2.INTER_LINEAR: the eval transform's bilinear resize
 DRAW_THRESHOLD = 0.5
 # Export runs the grid_sample path of deformable attention; the weights come from the checkpoint.
-EXPORT_OVERRIDES = ("model.deform_attn_backend=reference", "model.backbone.pretrained=null")
 REQUIRED = ("mode", "arch", "draw_threshold", "label_list", "Preprocess")
 
 
@@ -36,11 +36,13 @@ def class_names(cfg) -> List[str]:
 
 def load_model_config(path: str, overrides: Sequence[str] = (), export: bool = False) -> Tuple[object, List[str]]:
     """(config, class names) of a model to run or export; model.num_classes from the names when unset.
-    export=True puts deformable attention on the grid_sample path (what export graphs can hold)."""
+    export=True puts deformable attention, in the archs that have it, on the grid_sample path (what export graphs
+    can hold)."""
     if not path or not os.path.isfile(path):
         raise UserError(f"config not found: {path}")
-    overrides = list(overrides) + (list(EXPORT_OVERRIDES) if export else ["model.backbone.pretrained=null"])
-    cfg = load_config(path, overrides)
+    cfg = load_config(path, list(overrides) + ["model.backbone.pretrained=null"])
+    if export and "deform_attn_backend" not in model_args.NOT_APPLICABLE[cfg.model.arch]:
+        cfg.model["deform_attn_backend"] = "reference"
     if cfg.model.postprocess.nms_iou is not None:
         raise UserError("the deploy program has no NMS; use -o model.postprocess.nms_iou=null")
     names = class_names(cfg)

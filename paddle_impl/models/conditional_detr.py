@@ -27,6 +27,8 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from common.outputs import stream
+
 from .dac_detr import MLP
 from .layers import Conv2D, Linear, embedding
 from .position_encoding import PositionEmbeddingSine
@@ -75,9 +77,8 @@ class ConditionalDETR(SingleScaleDETR):
         hs, reference = self.transformer(self.input_proj(x), mask, self.query_embed.weight,
                                          self.position_embedding(mask))
         ref_logit = inverse_sigmoid(reference)
-        layers = []
+        boxes = []
         for h in hs:
             delta = self.bbox_embed(h)
-            boxes = F.sigmoid(paddle.concat([delta[..., :2] + ref_logit, delta[..., 2:]], -1))
-            layers.append({"pred_logits": self.class_embed(h), "pred_boxes": boxes})
-        return dict(layers[-1], aux_outputs=layers[:-1])
+            boxes.append(F.sigmoid(paddle.concat([delta[..., :2] + ref_logit, delta[..., 2:]], -1)))
+        return stream([self.class_embed(h) for h in hs], boxes)

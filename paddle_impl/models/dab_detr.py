@@ -39,16 +39,14 @@ transformer.decoder (the release's checkpoints hold it twice). With model.activa
 and this project's DAB configs) every layer has a learned slope `activation.weight`, as in the release.
 Initialization mirrors torch's defaults (layers.Linear: U(+-1/sqrt(in)); layers.embedding: N(0, 1)), not Paddle's.
 """
-import paddle
 import paddle.nn.functional as F
 
-from common.denoising import prepare_dn
+from common.outputs import with_dn_outputs
 
 from .conditional_detr import SingleScaleDETR
-from .dac_detr import _stream
-from .dn_components import dn_queries_to_tensors, matching_content
+from .dn_components import matching_content, with_dn_queries
 from .layers import embedding
-from .utils import inverse_sigmoid, numpy_rng, targets_to_numpy
+from .utils import inverse_sigmoid
 
 
 class DABDETR(SingleScaleDETR):
@@ -74,15 +72,7 @@ class DABDETR(SingleScaleDETR):
         content = matching_content(self.label_enc).expand([batch_size, self.num_queries, -1])
         if not self.training:
             return anchors, content, None, None
-        if targets is None:
-            raise ValueError("DABDETR: training with denoising needs the targets: model(images, masks, targets)")
-        rng = dn_rng if dn_rng is not None else numpy_rng()
-        dn = prepare_dn(targets_to_numpy(targets), self.num_classes, self.num_queries, rng=rng, **self.dn)
-        if dn["pad_size"] == 0:
-            return anchors, content, None, dn
-        dn_content, dn_anchors, attn_mask = dn_queries_to_tensors(dn, self.label_enc, place, indicator=True)
-        anchors = paddle.concat([dn_anchors.astype(anchors.dtype), anchors.expand([batch_size, -1, -1])], 1)
-        return anchors, paddle.concat([dn_content, content], 1), attn_mask, dn
+        return with_dn_queries(self.dn, self.num_classes, self.label_enc, anchors, content, targets, dn_rng, place)
 
     def forward(self, images, masks, targets=None, dn_rng=None):
         x, mask = self.backbone(images, masks)[-1]
@@ -91,10 +81,4 @@ class DABDETR(SingleScaleDETR):
                                           self.bbox_embed, content, attn_mask)
         logits = [self.class_embed(h) for h in hs]
         boxes = [F.sigmoid(self.bbox_embed(h) + inverse_sigmoid(ref)) for h, ref in zip(hs, references)]
-        pad = 0 if dn is None else dn["pad_size"]
-        out = _stream(logits, boxes, start=pad)
-        if dn is not None:
-            out["dn_meta"] = {k: dn[k] for k in ("pad_size", "num_groups", "group_size", "positive_idx")}
-            if pad:
-                out["dn_outputs"] = _stream(logits, boxes, end=pad)
-        return out
+        return with_dn_outputs(logits, boxes, dn)

@@ -34,18 +34,8 @@ from paddle import nn
 
 from .conditional_transformer import ConditionalDecoderLayer, TransformerEncoderLayer
 from .dac_detr import MLP
-from .position_encoding import sine_embedding
+from .position_encoding import anchor_code
 from .utils import inverse_sigmoid
-
-ANCHOR_PE_TEMPERATURE = 10000.0  # the release's anchor codes (gen_sineembed_for_position), not configurable
-
-
-def anchor_code(anchor, d_model):
-    """PE of anchor boxes. anchor [..., 4] (x, y, w, h) in [0, 1] -> [..., 2 * d_model]: (y, x, w, h) blocks of
-    d_model / 2 sin/cos-interleaved features, the (y, x) half laid out as PositionEmbeddingSine's pixel codes."""
-    coords = paddle.concat([anchor[..., 1:2], anchor[..., 0:1], anchor[..., 2:]], -1)
-    return sine_embedding(coords, d_model // 2, ANCHOR_PE_TEMPERATURE)
-
 
 class DABEncoder(nn.Layer):
     """Encoder layers whose pixel codes are rescaled per layer by query_scale(input).

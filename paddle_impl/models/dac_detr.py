@@ -32,6 +32,7 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from common.denoising import prepare_dn
+from common.outputs import stream, with_dn_outputs
 
 from .layers import Conv2D, GroupNorm, Linear, embedding
 from .dn_components import dn_queries_to_tensors
@@ -53,12 +54,6 @@ class MLP(nn.Layer):
         return x
 
 
-def _stream(logits, boxes, start=0, end=None):
-    """Per-layer outputs sliced to queries [start:end] -> {pred_logits, pred_boxes, aux_outputs} (last layer on top)."""
-    layers = [{"pred_logits": lg[:, start:end], "pred_boxes": bx[:, start:end]} for lg, bx in zip(logits, boxes)]
-    return dict(layers[-1], aux_outputs=layers[:-1])
-
-
 class DACDETR(nn.Layer):
     """See the module docstring. `dn`: None (no denoising) or dict(number, label_noise_ratio, box_noise_scale,
     contrastive); `dac`: train the C-decoder stream."""
@@ -69,8 +64,6 @@ class DACDETR(nn.Layer):
         d = transformer.d_model
         if d % 32:
             raise ValueError(f"model.hidden_dim must be a multiple of 32 (GroupNorm(32) in input_proj), got {d}")
-        if dn is not None and not two_stage:
-            raise ValueError("model.dn.enabled needs model.two_stage (denoising boxes join the selected proposals)")
         self.num_classes = num_classes
         self.num_queries = num_queries
         self.two_stage = two_stage
@@ -88,13 +81,21 @@ class DACDETR(nn.Layer):
         num_pred = len(transformer.decoder.layers) + (1 if two_stage else 0)  # + the proposal head
         self.class_embed = nn.LayerList([Linear(d, num_classes) for _ in range(num_pred)])
         self.bbox_embed = nn.LayerList([MLP(d, d, 4, 3) for _ in range(num_pred)])
-        if not two_stage:
-            self.query_embed = embedding(num_queries, 2 * d)
-        elif mixed_selection:
-            self.query_embed = embedding(num_queries, d)
-        if dn is not None:
-            self.label_enc = embedding(num_classes + 1, d)
+        self.init_queries(mixed_selection)
         self._reset_parameters()
+
+    def init_queries(self, mixed_selection):
+        """The learned queries: one-stage query_embed [Q, 2 D] (positional, content), two-stage with mixed selection
+        query_embed [Q, D] (content); with denoising label_enc [C + 1, D] (subclasses build their own)."""
+        d = self.transformer.d_model
+        if self.dn is not None and not self.two_stage:
+            raise ValueError("model.dn.enabled needs model.two_stage (denoising boxes join the selected proposals)")
+        if not self.two_stage:
+            self.query_embed = embedding(self.num_queries, 2 * d)
+        elif mixed_selection:
+            self.query_embed = embedding(self.num_queries, d)
+        if self.dn is not None:
+            self.label_enc = embedding(self.num_classes + 1, d)
 
     def _reset_parameters(self):
         prior = -math.log((1 - 0.01) / 0.01)  # every class starts at probability 0.01
@@ -141,18 +142,14 @@ class DACDETR(nn.Layer):
 
         pad = 0 if dn is None else dn["pad_size"]
         logits = [self.class_embed[i](h) for i, h in enumerate(tr["hs"])]
-        out = _stream(logits, tr["boxes"], start=pad)
+        out = with_dn_outputs(logits, tr["boxes"], dn)
         if self.two_stage:
             out["enc_outputs"] = {"pred_logits": tr["enc_logits"], "pred_boxes": tr["enc_boxes"]}
-        if dn is not None:
-            out["dn_meta"] = {k: dn[k] for k in ("pad_size", "num_groups", "group_size", "positive_idx")}
-            if pad:
-                out["dn_outputs"] = _stream(logits, tr["boxes"], end=pad)
-            else:  # keep label_enc in the graph so every parameter is used in every step (data-parallel)
-                out["pred_logits"] = out["pred_logits"] + 0.0 * self.label_enc.weight.sum()
+        if dn is not None and not pad:  # keep label_enc in the graph: data-parallel wants every parameter used
+            out["pred_logits"] = out["pred_logits"] + 0.0 * self.label_enc.weight.sum()
         if c_stream:
             logits_c = [self.class_embed[i](h) for i, h in enumerate(tr["hs_c"])]
-            out["c_outputs"] = _stream(logits_c, tr["boxes_c"], start=pad)
+            out["c_outputs"] = stream(logits_c, tr["boxes_c"], start=pad)
             if pad:
-                out["c_dn_outputs"] = _stream(logits_c, tr["boxes_c"], end=pad)
+                out["c_dn_outputs"] = stream(logits_c, tr["boxes_c"], end=pad)
         return out

@@ -61,3 +61,13 @@ def box_sine_embedding(boxes, num_pos_feats=128, temperature=10000.0, scale=2 * 
     boxes [B, N, 4] logits of cxcywh -> [B, N, 4 * num_pos_feats] (cx, cy, w, h blocks, sin/cos interleaved).
     """
     return sine_embedding(paddle.nn.functional.sigmoid(boxes), num_pos_feats, temperature, scale)
+
+
+ANCHOR_PE_TEMPERATURE = 10000.0  # DAB-DETR's anchor codes (gen_sineembed_for_position), not configurable
+
+
+def anchor_code(anchor, d_model):
+    """PE of anchor boxes. anchor [..., 4] (x, y, w, h) in [0, 1] -> [..., 2 * d_model]: (y, x, w, h) blocks of
+    d_model / 2 sin/cos-interleaved features, the (y, x) half laid out as PositionEmbeddingSine's pixel codes."""
+    coords = paddle.concat([anchor[..., 1:2], anchor[..., 0:1], anchor[..., 2:]], -1)
+    return sine_embedding(coords, d_model // 2, ANCHOR_PE_TEMPERATURE)

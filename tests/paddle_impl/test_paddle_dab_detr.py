@@ -8,7 +8,8 @@ import pytest
 from convert.frameworks import paddle_linear_weights
 from convert.rules import paddle_name_to_torch
 from paddle_impl.models import build_model
-from paddle_impl.models.dab_transformer import DABTransformer, anchor_code
+from paddle_impl.models.dab_transformer import DABTransformer
+from paddle_impl.models.position_encoding import anchor_code
 from paddle_impl.models.dac_detr import MLP
 from tests.dab_detr_case import IMAGES, MASKS, TARGETS, decoder, decoder_inputs, model_cfg
 

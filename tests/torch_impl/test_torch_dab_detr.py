@@ -9,7 +9,8 @@ import torch
 from common import model_args as A
 from tests.dab_detr_case import IMAGES, MASKS, TARGETS, decoder, decoder_inputs, model_cfg
 from torch_impl.models import build_model
-from torch_impl.models.dab_transformer import DABTransformer, anchor_code
+from torch_impl.models.dab_transformer import DABTransformer
+from torch_impl.models.position_encoding import anchor_code
 from torch_impl.models.dac_detr import MLP
 
 

@@ -4,8 +4,8 @@ The four variants are switches of one model (common/config/model_schema.py lists
 release's baseline (two-stage, box refinement, mixed selection, look-forward-twice; no denoising, no C-decoder,
 focal loss), dino adds contrastive denoising, dac_cdn the C-decoder, dac_cdn_ice the IoU-aware loss (the release).
 `model.arch` picks the detector and its transformer (ARCHS); conditional_detr is Conditional DETR, dab_detr
-DAB-DETR. The criterion, matcher, post-processing and backbones are shared by every arch. The config -> argument
-mapping is common/model_args.py, shared with the Paddle tree.
+DAB-DETR, dab_deformable_detr DAB-Deformable-DETR. The criterion, matcher, post-processing and backbones are
+shared by every arch. The config -> argument mapping is common/model_args.py, shared with the Paddle tree.
 """
 from common import model_args as A
 
@@ -13,6 +13,7 @@ from .backbone import Backbone, load_pretrained
 from .conditional_detr import ConditionalDETR
 from .conditional_transformer import ConditionalTransformer
 from .criterion import SetCriterion
+from .dab_deformable_detr import DABDeformableDETR
 from .dab_detr import DABDETR
 from .dab_transformer import DABTransformer
 from .dac_detr import DACDETR
@@ -22,7 +23,8 @@ from .swin import SwinBackbone, load_pretrained as load_swin_pretrained
 from .utils import targets_to_tensors  # noqa: F401  (re-exported for the engine)
 
 ARCHS = {"dac_detr": (DACDETR, DeformableTransformer), "conditional_detr": (ConditionalDETR, ConditionalTransformer),
-         "dab_detr": (DABDETR, DABTransformer)}
+         "dab_detr": (DABDETR, DABTransformer),
+         "dab_deformable_detr": (DABDeformableDETR, DeformableTransformer)}
 
 
 def build_model(cfg):

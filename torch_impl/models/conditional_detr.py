@@ -25,6 +25,8 @@ import math
 import torch
 from torch import nn
 
+from common.outputs import stream
+
 from .dac_detr import MLP
 from .position_encoding import PositionEmbeddingSine
 from .utils import inverse_sigmoid
@@ -71,9 +73,8 @@ class ConditionalDETR(SingleScaleDETR):
         hs, reference = self.transformer(self.input_proj(x), mask, self.query_embed.weight,
                                          self.position_embedding(mask))
         ref_logit = inverse_sigmoid(reference)
-        layers = []
+        boxes = []
         for h in hs:
             delta = self.bbox_embed(h)
-            boxes = torch.cat([delta[..., :2] + ref_logit, delta[..., 2:]], -1).sigmoid()
-            layers.append({"pred_logits": self.class_embed(h), "pred_boxes": boxes})
-        return dict(layers[-1], aux_outputs=layers[:-1])
+            boxes.append(torch.cat([delta[..., :2] + ref_logit, delta[..., 2:]], -1).sigmoid())
+        return stream([self.class_embed(h) for h in hs], boxes)

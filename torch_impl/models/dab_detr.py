@@ -38,15 +38,13 @@ encoder's attention keeps torch.nn.MultiheadAttention's names; bbox_embed is not
 transformer.decoder (the release's checkpoints hold it twice). With model.activation prelu (the release's default
 and this project's DAB configs) every layer has a learned slope `activation.weight`, as in the release.
 """
-import torch
 from torch import nn
 
-from common.denoising import prepare_dn
+from common.outputs import with_dn_outputs
 
 from .conditional_detr import SingleScaleDETR
-from .dac_detr import _stream
-from .dn_components import dn_queries_to_tensors, matching_content
-from .utils import inverse_sigmoid, numpy_rng, targets_to_numpy
+from .dn_components import matching_content, with_dn_queries
+from .utils import inverse_sigmoid
 
 
 class DABDETR(SingleScaleDETR):
@@ -72,15 +70,7 @@ class DABDETR(SingleScaleDETR):
         content = matching_content(self.label_enc).expand(batch_size, self.num_queries, -1)
         if not self.training:
             return anchors, content, None, None
-        if targets is None:
-            raise ValueError("DABDETR: training with denoising needs the targets: model(images, masks, targets)")
-        rng = dn_rng if dn_rng is not None else numpy_rng()
-        dn = prepare_dn(targets_to_numpy(targets), self.num_classes, self.num_queries, rng=rng, **self.dn)
-        if dn["pad_size"] == 0:
-            return anchors, content, None, dn
-        dn_content, dn_anchors, attn_mask = dn_queries_to_tensors(dn, self.label_enc, device, indicator=True)
-        anchors = torch.cat([dn_anchors.to(anchors.dtype), anchors.expand(batch_size, -1, -1)], 1)
-        return anchors, torch.cat([dn_content, content], 1), attn_mask, dn
+        return with_dn_queries(self.dn, self.num_classes, self.label_enc, anchors, content, targets, dn_rng, device)
 
     def forward(self, images, masks, targets=None, dn_rng=None):
         x, mask = self.backbone(images, masks)[-1]
@@ -89,10 +79,4 @@ class DABDETR(SingleScaleDETR):
                                           self.bbox_embed, content, attn_mask)
         logits = [self.class_embed(h) for h in hs]
         boxes = [(self.bbox_embed(h) + inverse_sigmoid(ref)).sigmoid() for h, ref in zip(hs, references)]
-        pad = 0 if dn is None else dn["pad_size"]
-        out = _stream(logits, boxes, start=pad)
-        if dn is not None:
-            out["dn_meta"] = {k: dn[k] for k in ("pad_size", "num_groups", "group_size", "positive_idx")}
-            if pad:
-                out["dn_outputs"] = _stream(logits, boxes, end=pad)
-        return out
+        return with_dn_outputs(logits, boxes, dn)

@@ -18,6 +18,12 @@ computed twice (identical values and gradients; only with dropout > 0 would the 
 mask). From layer 2 on, both streams go through cross-attention + FFN in one call (per-query operations, so
 concatenating along the query axis changes nothing).
 
+DAB-Deformable-DETR (`dab`, one-stage): the queries are learned anchor boxes (x, y, w, h) and content vectors
+given by the detector; each layer makes its positional query from its own reference box, query_pos_l =
+ref_point_head(PE(r_l)) (PE: the anchor code of DAB-DETR, position_encoding.anchor_code, of the box scaled by
+the first level's valid ratios), times query_scale(output of layer l - 1) from layer 1 on, instead of one fixed
+query_pos for every layer.
+
 The prediction heads are owned by the detector (top-level `class_embed` / `bbox_embed`) and passed in at call
 time, so every tensor has a single name.
 """
@@ -26,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import MSDeformAttn, MultiheadAttention
-from .position_encoding import box_sine_embedding
+from .dac_detr import MLP
+from .position_encoding import anchor_code, box_sine_embedding
 from .utils import inverse_sigmoid
 
 
@@ -146,17 +153,29 @@ def _scale_to_levels(reference, valid_ratios):
 
 
 class DeformableTransformerDecoder(nn.Module):
-    """Decoder layers with iterative box refinement and the optional C-decoder stream (module docstring)."""
+    """Decoder layers with iterative box refinement and the optional C-decoder stream (module docstring); `dab`:
+    positional queries made per layer from the reference boxes (query_scale, ref_point_head)."""
 
-    def __init__(self, layers, look_forward_twice=True):
+    def __init__(self, layers, look_forward_twice=True, dab=False, d_model=256):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.look_forward_twice = look_forward_twice
+        self.dab = dab
+        if dab:
+            self.query_scale = MLP(d_model, d_model, d_model, 2)
+            self.ref_point_head = MLP(2 * d_model, d_model, d_model, 2)
+
+    def anchor_query_pos(self, lid, hidden, ref_levels):
+        """DAB: layer lid's positional query. hidden [B, N, D] (output of layer lid - 1), ref_levels [B, N, L, 4]
+        -> [B, N, D]."""
+        query_pos = self.ref_point_head(anchor_code(ref_levels[:, :, 0], hidden.shape[-1]))
+        return query_pos if lid == 0 else query_pos * self.query_scale(hidden)
 
     def forward(self, tgt, reference, memory, spatial_shapes, level_start_index, valid_ratios, query_pos,
                 memory_mask, attn_mask, box_heads, c_stream=False):
-        """tgt, query_pos [B, N, D], reference [B, N, 4] (or [B, N, 2]) in [0, 1], no gradient, memory [B, S, D],
-        valid_ratios [B, L, 2], memory_mask bool [B, S], attn_mask bool [N, N] or None, box_heads: one per layer.
+        """tgt, query_pos [B, N, D] (None with dab), reference [B, N, 4] (or [B, N, 2]) in [0, 1], no gradient,
+        memory [B, S, D], valid_ratios [B, L, 2], memory_mask bool [B, S], attn_mask bool [N, N] or None, box_heads:
+        one per layer.
 
         -> dict hs, boxes (O-decoder, one [B, N, D] / [B, N, 4] per layer) and, with c_stream, hs_c, boxes_c.
         """
@@ -164,7 +183,12 @@ class DeformableTransformerDecoder(nn.Module):
         n = tgt.shape[1]
         hidden, ref, prev = tgt, reference, reference
         hidden_c = ref_c = prev_c = None
+        if self.dab and c_stream:
+            raise ValueError("the C-decoder stream shares one positional query per query; dab makes one per layer")
         for lid, layer in enumerate(self.layers):
+            ref_levels = _scale_to_levels(ref, valid_ratios)
+            if self.dab:
+                query_pos = self.anchor_query_pos(lid, hidden, ref_levels)
             query = layer.forward_self_attn(hidden, query_pos, attn_mask)
             if c_stream and lid > 0:
                 both = layer.forward_cross_ffn(
@@ -173,8 +197,8 @@ class DeformableTransformerDecoder(nn.Module):
                     memory, spatial_shapes, level_start_index, memory_mask)
                 hidden, hidden_c = both[:, :n], both[:, n:]
             else:
-                hidden = layer.forward_cross_ffn(query, query_pos, _scale_to_levels(ref, valid_ratios), memory,
-                                                 spatial_shapes, level_start_index, memory_mask)
+                hidden = layer.forward_cross_ffn(query, query_pos, ref_levels, memory, spatial_shapes,
+                                                 level_start_index, memory_mask)
             box, new_ref = _refine_step(box_heads[lid], hidden, ref, prev)
             out["hs"].append(hidden)
             out["boxes"].append(box)
@@ -197,18 +221,22 @@ class DeformableTransformer(nn.Module):
 
     forward(srcs: L x [B, D, H_l, W_l], masks: L x bool [B, H_l, W_l], pos_embeds: L x [B, D, H_l, W_l],
     enc_heads: (class head, box head) for the proposals, box_heads: dec_layers box heads,
-    query_embed: [Q, D] learned content (mixed selection), [Q, 2 D] learned (pos, content) (one-stage) or None,
-    dn_content [B, P, D] / dn_boxes [B, P, 4] (logits) denoising queries placed first, attn_mask bool
-    [P + Q, P + Q], c_stream bool)
+    query_embed: [Q, D] learned content (mixed selection), [Q, 2 D] learned (pos, content) (one-stage), [B, N, D]
+    the content of the anchors (dab) or None, dn_content [B, P, D] / dn_boxes [B, P, 4] (logits) denoising
+    queries placed first (two-stage), attn_mask bool [N, N] (N = P + Q), c_stream bool, anchors [B, N, 4] logits
+    (dab: the learned anchors, denoising ones first))
     -> the decoder's dict plus, two-stage, enc_logits [B, S, C] and enc_boxes [B, S, 4] for every token.
     """
 
     def __init__(self, d_model=256, nhead=8, num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=2048,
                  dropout=0.0, num_feature_levels=4, enc_n_points=4, dec_n_points=4, two_stage=True,
-                 num_queries=900, mixed_selection=True, look_forward_twice=True, backend="auto"):
+                 num_queries=900, mixed_selection=True, look_forward_twice=True, backend="auto", dab=False):
         super().__init__()
+        if dab and two_stage:
+            raise ValueError("dab (learned anchor boxes) is one-stage: two_stage must be false")
         self.d_model = d_model
         self.two_stage = two_stage
+        self.dab = dab
         self.num_queries = num_queries
         self.mixed_selection = mixed_selection
         self.encoder = DeformableTransformerEncoder([
@@ -217,14 +245,14 @@ class DeformableTransformer(nn.Module):
         self.decoder = DeformableTransformerDecoder([
             DeformableTransformerDecoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead,
                                               dec_n_points, backend) for _ in range(num_decoder_layers)],
-            look_forward_twice)
+            look_forward_twice, dab, d_model)
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         if two_stage:
             self.enc_output = nn.Linear(d_model, d_model)
             self.enc_output_norm = nn.LayerNorm(d_model)
             self.pos_trans = nn.Linear(d_model * 2, d_model * 2)
             self.pos_trans_norm = nn.LayerNorm(d_model * 2)
-        else:
+        elif not dab:
             self.reference_points = nn.Linear(d_model, 2)
         self._reset_parameters()
 
@@ -235,7 +263,7 @@ class DeformableTransformer(nn.Module):
         for m in self.modules():
             if isinstance(m, MSDeformAttn):
                 m.reset_parameters()
-        if not self.two_stage:
+        if not self.two_stage and not self.dab:
             nn.init.zeros_(self.reference_points.bias)
         nn.init.normal_(self.level_embed)
 
@@ -267,7 +295,7 @@ class DeformableTransformer(nn.Module):
         return self.enc_output_norm(self.enc_output(output_memory)), proposals
 
     def forward(self, srcs, masks, pos_embeds, enc_heads, box_heads, query_embed=None, dn_content=None,
-                dn_boxes=None, attn_mask=None, c_stream=False):
+                dn_boxes=None, attn_mask=None, c_stream=False, anchors=None):
         shapes = [tuple(s.shape[-2:]) for s in srcs]
         src = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
         mask = torch.cat([m.flatten(1) for m in masks], 1)
@@ -298,6 +326,8 @@ class DeformableTransformer(nn.Module):
             if self.mixed_selection:
                 content = query_embed[None].expand(b, -1, -1)
             reference = reference.sigmoid()
+        elif self.dab:  # the decoder makes query_pos from each layer's reference
+            query_pos, content, reference = None, query_embed, anchors.sigmoid()
         else:
             query_pos = query_embed[None, :, :d].expand(b, -1, -1)
             content = query_embed[None, :, d:].expand(b, -1, -1)

@@ -2,11 +2,13 @@
 
 Two content forms: DINO's (DAC-DETR), label_enc [C + 1, D] itself; DN-DETR's (`indicator`), label_enc [C + 1, D - 1]
 followed by an indicator feature, 1 for a denoising query and 0 for a matching query, whose content is the
-embedding of the extra "unknown" class C (matching_content).
+embedding of the extra "unknown" class C (matching_content) in DN-DAB-DETR, a learned one in DN-Deformable-DETR.
 """
 import torch
 
-from .utils import inverse_sigmoid
+from common.denoising import prepare_dn
+
+from .utils import inverse_sigmoid, numpy_rng, targets_to_numpy
 
 
 def dn_queries_to_tensors(dn, label_enc, device, indicator=False):
@@ -28,3 +30,23 @@ def matching_content(label_enc):
     indicator 0 -> [D]."""
     row = label_enc.weight[-1]
     return torch.cat([row, row.new_zeros(1)])
+
+
+def with_dn_queries(dn_opts, num_classes, label_enc, anchors, content, targets, dn_rng, device):
+    """DN-DETR's training queries of an anchor-box detector (DABDETR, DABDeformableDETR): P denoising queries
+    (prepare_dn, DN-DETR's content form) before its Q matching ones.
+
+    dn_opts: prepare_dn's options, label_enc [C + 1, D - 1], anchors [Q, 4] logits, content [B, Q, D], targets: B
+    dicts "labels" [n], "boxes" [n, 4] (numpy or tensors), dn_rng: numpy Generator or None (seeded from torch's RNG)
+    -> (anchor logits [B, P + Q, 4], content [B, P + Q, D], attn_mask bool [P + Q, P + Q] or None when P = 0,
+    prepare_dn's dict).
+    """
+    if targets is None:
+        raise ValueError("training with denoising needs the targets: model(images, masks, targets)")
+    rng = dn_rng if dn_rng is not None else numpy_rng()
+    dn = prepare_dn(targets_to_numpy(targets), num_classes, anchors.shape[0], rng=rng, **dn_opts)
+    anchors = anchors.expand(content.shape[0], -1, -1)
+    if dn["pad_size"] == 0:
+        return anchors, content, None, dn
+    dn_content, dn_anchors, attn_mask = dn_queries_to_tensors(dn, label_enc, device, indicator=True)
+    return torch.cat([dn_anchors.to(anchors.dtype), anchors], 1), torch.cat([dn_content, content], 1), attn_mask, dn

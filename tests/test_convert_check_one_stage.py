@@ -1,5 +1,6 @@
-"""python -m convert.check on the single-scale demo configs (Conditional DETR, DAB-DETR): the same weights in both
-trees agree on every decoder layer of the one-stage model; a corrupted weight makes it exit non-zero."""
+"""python -m convert.check on the one-stage demo configs (Conditional DETR, DAB-DETR, DAB-Deformable-DETR,
+DN-Deformable-DETR): the same weights in both trees agree on every decoder layer; a corrupted weight makes it exit
+non-zero."""
 import os
 
 import pytest
@@ -9,14 +10,17 @@ from convert.check import main
 from convert.models import build_torch, resolve_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ["demo_conditional_detr.yml", "demo_dab_detr.yml"]
+CONFIGS = ["demo_conditional_detr.yml", "demo_dab_detr.yml", "demo_dab_deformable_detr.yml",
+           "demo_dn_dab_deformable_detr.yml"]
 MODEL = ["model.num_classes=6"]  # the demo data's classes (the check reads images itself)
 
 
 def _weights(tmp_path, config):
     model = build_torch(resolve_config(config, MODEL), seed=0)
+    heads = model.bbox_embed if isinstance(model.bbox_embed, torch.nn.ModuleList) else [model.bbox_embed]
     with torch.no_grad():  # non-zero box deltas (the release starts them at 0): boxes depend on the decoder
-        model.bbox_embed.layers[-1].weight.normal_(0, 0.05)
+        for head in heads:
+            head.layers[-1].weight.normal_(0, 0.05)
     path = tmp_path / "model.pth"
     torch.save({"model": model.state_dict()}, path)
     return path
