@@ -50,6 +50,8 @@ class DABDeformableDETR(DACDETR):
                          mixed_selection=False, dn=dn, dac=False, pe_temperature=pe_temperature)
 
     def init_queries(self, mixed_selection):
+        """The anchor queries: tgt_embed (content) and refpoint_embed (anchor logits); with dn, label_enc, and
+        tgt_embed has D - 1 features (DN-DETR's indicator is the last)."""
         d = self.transformer.d_model
         if self.dn is not None:
             self.label_enc = embedding(self.num_classes + 1, d - 1)  # + the indicator feature
