@@ -29,6 +29,24 @@ def box_xyxy_to_cxcywh(boxes):
     return np.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], axis=-1)
 
 
+BOX_DELTA_EPS = 0.1  # pixels added to the reference size in box_to_delta (Plain-DETR's bbox2delta)
+BOX_MIN_SIZE = 1e-3  # pixels: box_to_delta's floor on the target's width and height
+
+
+def box_to_delta(reference, boxes):
+    """The deltas that turn reference boxes into `boxes` (Plain-DETR's box reparameterization, in pixels):
+    ((x - xr) / (wr + eps), (y - yr) / (hr + eps), log(w / (wr + eps)), log(h / (hr + eps))), eps = 0.1
+    (w, h floored at 1e-3 px).
+
+    reference, boxes [..., 4] cxcywh in pixels (broadcast against each other) -> deltas [..., 4].
+    """
+    reference = _as_boxes(reference, "box_to_delta")
+    boxes = _as_boxes(boxes, "box_to_delta")
+    size = reference[..., 2:] + BOX_DELTA_EPS
+    wh = np.maximum(boxes[..., 2:], BOX_MIN_SIZE)  # a zero-size box would give log 0
+    return np.concatenate([(boxes[..., :2] - reference[..., :2]) / size, np.log(wh / size)], -1)
+
+
 def box_area(boxes):
     """Area of xyxy boxes. boxes [..., 4] -> [...]."""
     boxes = _as_boxes(boxes, "box_area")

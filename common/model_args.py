@@ -4,6 +4,7 @@ Both framework trees build the same classes with the same arguments; this is the
 keys into those arguments (and checks the ones a constructor cannot), so the two build.py files stay short and
 cannot disagree.
 """
+import math
 from typing import Dict
 
 from common.config.fields import Field
@@ -20,16 +21,23 @@ _OFF = object()  # NOT_APPLICABLE: the key has no value meaning "off"
 _DEFORMABLE = {"two_stage": False, "mixed_selection": False, "look_forward_twice": False, "enc_n_points": _OFF,
                "dec_n_points": _OFF, "deform_attn_backend": _OFF, "dn": _OFF, "dn.enabled": False, "dac": _OFF,
                "dac.enabled": False, "loss.enc_class_weight": _OFF}
+_PLAIN = {"plain": _OFF, "hybrid": _OFF}  # Plain-DETR's own sections
+_SAP = {"sap": _OFF}  # SAP-DETR's
 NOT_APPLICABLE = {
-    "dac_detr": {"activation": _OFF},
-    "conditional_detr": dict(_DEFORMABLE, num_feature_levels=1),  # single scale
+    "dac_detr": {"activation": _OFF, **_PLAIN, **_SAP},
+    "conditional_detr": dict(_DEFORMABLE, num_feature_levels=1, **_PLAIN, **_SAP),  # single scale
     # DN-DETR: dab_detr takes plain denoising queries (dn.*), not DINO's contrastive ones
     "dab_detr": dict({k: v for k, v in _DEFORMABLE.items() if not k.startswith("dn")}, num_feature_levels=1,
-                     **{"dn.contrastive": False}),
+                     **{"dn.contrastive": False}, **_PLAIN, **_SAP),
     # DAB-Deformable-DETR / DN-Deformable-DETR: deformable, one-stage, plain denoising, no C-decoder
     "dab_deformable_detr": {"activation": _OFF, "two_stage": False, "mixed_selection": False,
                             "look_forward_twice": False, "dac": _OFF, "dac.enabled": False,
-                            "loss.enc_class_weight": _OFF, "dn.contrastive": False},
+                            "loss.enc_class_weight": _OFF, "dn.contrastive": False, **_PLAIN, **_SAP},
+    # Plain-DETR: one feature map, no encoder, two-stage global decoder, no denoising or C-decoder
+    "plain_detr": {"activation": _OFF, "num_feature_levels": 1, "enc_layers": _OFF, "enc_n_points": _OFF,
+                   "dec_n_points": _OFF, "deform_attn_backend": _OFF, "two_stage": _OFF, "dn": _OFF,
+                   "dn.enabled": False, "dac": _OFF, "dac.enabled": False, **_SAP},
+    "sap_detr": dict(_DEFORMABLE, num_feature_levels=1, **_PLAIN),  # single scale, no denoising
 }
 
 
@@ -114,13 +122,39 @@ def backbone_args(m) -> Dict:
                 last_stage=bb["last_stage"])
 
 
+def feature_stride(m) -> int:
+    """Stride of the backbone's last output level: 16 for a ResNet ending at C4 (last_stage 3) or dilated, else 32."""
+    bb = m["backbone"]
+    return 16 if not is_swin(m) and (bb["last_stage"] == 3 or bb["dilation"]) else 32
+
+
+def _plain_transformer_args(m) -> Dict:
+    stride, strides = feature_stride(m), m["plain"]["proposal_strides"]
+    for s in strides:
+        if s <= 0 or 2 ** round(math.log2(s / stride)) * stride != s:
+            raise ValueError(f"model.plain.proposal_strides: {s} is not a power-of-two multiple or divisor of the "
+                             f"decoder map's stride {stride}")
+    if not strides:
+        raise ValueError("model.plain.proposal_strides is empty; the proposals need at least one level")
+    return dict(d_model=m["hidden_dim"], nhead=m["nheads"], num_decoder_layers=m["dec_layers"],
+                dim_feedforward=m["dim_feedforward"], dropout=m["dropout"], mixed_selection=m["mixed_selection"],
+                look_forward_twice=m["look_forward_twice"], reparam=m["plain"]["reparam"],
+                rpe_hidden_dim=m["plain"]["rpe_hidden_dim"], rpe_type=m["plain"]["rpe_type"], feature_stride=stride,
+                proposal_strides=strides)
+
+
 def transformer_args(m) -> Dict:
     """Arguments of the arch's transformer (deformable_transformer.DeformableTransformer for dac_detr and
-    dab_deformable_detr, conditional_transformer.ConditionalTransformer or dab_transformer.DABTransformer)."""
-    if m["arch"] in ("conditional_detr", "dab_detr"):
+    dab_deformable_detr, conditional_transformer.ConditionalTransformer, dab_transformer.DABTransformer,
+    plain_transformer.PlainTransformer or sap_transformer.SAPTransformer)."""
+    if m["arch"] == "plain_detr":
+        return _plain_transformer_args(m)
+    if m["arch"] in ("conditional_detr", "dab_detr", "sap_detr"):
         args = dict(d_model=m["hidden_dim"], nhead=m["nheads"], num_encoder_layers=m["enc_layers"],
                     num_decoder_layers=m["dec_layers"], dim_feedforward=m["dim_feedforward"], dropout=m["dropout"],
                     activation=m["activation"])
+        if m["arch"] == "sap_detr":
+            return dict(args, sdg=m["sap"]["sdg"], conv_init=m["sap"]["conv_init"])
         # conditional_detr codes its reference points with the pixels' temperature; dab_detr's anchor codes
         # have the release's fixed one
         return dict(args, pe_temperature=m["pe_temperature"]) if m["arch"] == "conditional_detr" else args
@@ -140,14 +174,23 @@ def dn_args(m):
 
 
 def detr_args(m) -> Dict:
-    """The arch's detector arguments after (backbone, transformer): DACDETR, ConditionalDETR, DABDETR or
-    DABDeformableDETR."""
+    """The arch's detector arguments after (backbone, transformer): DACDETR, ConditionalDETR, DABDETR,
+    DABDeformableDETR, PlainDETR or SAPDETR."""
+    if m["arch"] == "sap_detr":
+        if len(m["sap"]["grid"]) != 2 or min(m["sap"]["grid"]) < 1:
+            raise ValueError(f"model.sap.grid must be [columns, rows], both >= 1, got {m['sap']['grid']}")
+        return dict(num_classes=m["num_classes"], num_queries=m["num_queries"], grid=tuple(m["sap"]["grid"]),
+                    pe_temperature=m["pe_temperature"])
     if m["arch"] in ("conditional_detr", "dab_detr"):
         args = dict(num_classes=m["num_classes"], num_queries=m["num_queries"], pe_temperature=m["pe_temperature"])
         return dict(args, dn=dn_args(m)) if m["arch"] == "dab_detr" else args
     if m["arch"] == "dab_deformable_detr":
         return dict(num_classes=m["num_classes"], num_feature_levels=m["num_feature_levels"],
                     num_queries=m["num_queries"], dn=dn_args(m), pe_temperature=m["pe_temperature"])
+    if m["arch"] == "plain_detr":
+        return dict(num_classes=m["num_classes"], num_queries=m["num_queries"],
+                    num_queries_one2many=m["hybrid"]["num_queries"], mixed_selection=m["mixed_selection"],
+                    pe_temperature=m["pe_temperature"], pe_normalize=m["plain"]["pe_normalize"])
     return dict(num_classes=m["num_classes"], num_feature_levels=m["num_feature_levels"],
                 num_queries=m["num_queries"], two_stage=m["two_stage"], mixed_selection=m["mixed_selection"],
                 dn=dn_args(m), dac=m["dac"]["enabled"], pe_temperature=m["pe_temperature"])
@@ -155,9 +198,9 @@ def detr_args(m) -> Dict:
 
 def criterion_args(m) -> Dict:
     """SetCriterion's arguments, the numpy matcher and one-to-many assigner included."""
-    loss, mc, dac = m["loss"], m["matcher"], m["dac"]
+    loss, mc, dac, sap = m["loss"], m["matcher"], m["dac"], m["arch"] == "sap_detr"
     matcher = HungarianMatcher(mc["cost_class"], mc["cost_bbox"], mc["cost_giou"], loss["focal_alpha"],
-                               loss["focal_gamma"])
+                               loss["focal_gamma"], cost_inner=m["sap"]["cost_inner"] if sap else 0.0, l1_xyxy=sap)
     assigner = None
     if dac["enabled"]:
         assigner = OneToManyAssigner(
@@ -168,7 +211,24 @@ def criterion_args(m) -> Dict:
                 focal_alpha=loss["focal_alpha"], focal_gamma=loss["focal_gamma"], ice_alpha=loss["ice_alpha"],
                 rank_tau=loss["rank_tau"], class_weight=loss["class_weight"], bbox_weight=loss["bbox_weight"],
                 giou_weight=loss["giou_weight"], enc_class_weight=loss["enc_class_weight"],
-                dac_loss_norm=dac["loss_norm"], dac_assign_boxes=dac["assign_boxes"])
+                dac_loss_norm=dac["loss_norm"], dac_assign_boxes=dac["assign_boxes"], **_hybrid_args(m),
+                **_sap_loss_args(m))
+
+
+def _sap_loss_args(m) -> Dict:
+    if m["arch"] != "sap_detr":
+        return {}
+    return dict(sap_terms=True, obj_weight=m["sap"]["obj_weight"], inner_weight=m["sap"]["inner_weight"],
+                l1_xyxy=True)
+
+
+def _hybrid_args(m) -> Dict:
+    hybrid = m["hybrid"]
+    on = m["arch"] == "plain_detr" and hybrid["num_queries"] > 0
+    if on and hybrid["k"] < 1:
+        raise ValueError(f"model.hybrid.k must be >= 1 with one-to-many queries (got {hybrid['k']}); set "
+                         "model.hybrid.num_queries: 0 to train without them")
+    return dict(hybrid_k=hybrid["k"] if on else 0, hybrid_weight=hybrid["weight"])
 
 
 def postprocess_args(m) -> Dict:

@@ -5,10 +5,14 @@ decoder layer, the N queries being P denoising ones followed by the matching one
 """
 
 
-def stream(logits, boxes, start=0, end=None):
+def stream(logits, boxes, start=0, end=None, extras=None):
     """Per-layer outputs sliced to queries [start:end] -> {pred_logits, pred_boxes, aux_outputs} (last layer on top,
-    aux_outputs the earlier layers')."""
+    aux_outputs the earlier layers'). extras: {key: one [B, N, ...] tensor per layer}, sliced and added the same way
+    (e.g. Plain-DETR's pred_deltas and ref_boxes)."""
     layers = [{"pred_logits": lg[:, start:end], "pred_boxes": bx[:, start:end]} for lg, bx in zip(logits, boxes)]
+    for key, values in (extras or {}).items():
+        for layer, value in zip(layers, values):
+            layer[key] = value[:, start:end]
     return dict(layers[-1], aux_outputs=layers[:-1])
 
 

@@ -124,6 +124,24 @@ class TrainingPair:
             out[name] = (p_t.detach().numpy().copy(), p_p.T if name in self.linear else p_p)
         return out
 
+    def sgd_drift(self, batch, iterations) -> Tuple[float, float]:
+        """Steps both models through `iterations` (e.g. range(1, 5)) -> (moved: the largest change of a torch
+        parameter, diff: the largest torch - Paddle difference of a parameter after the steps)."""
+        before = self.parameters()
+        for it in iterations:
+            self.step(batch, it)
+        after = self.parameters()
+        moved = max(np.abs(a_t - before[n][0]).max() for n, (a_t, _) in after.items())
+        return float(moved), float(max(np.abs(a_t - a_p).max() for a_t, a_p in after.values()))
+
+
+def gradient_error(grads: Dict[str, Tuple[np.ndarray, np.ndarray]]) -> float:
+    """The worst parameter's max |g_torch - g_paddle| relative to its own largest gradient, floored at 1e-6 of the
+    model's largest (some gradients are mathematically zero, e.g. the attention key biases': softmax ignores a
+    constant logit shift)."""
+    scale = max(np.abs(g_t).max() for g_t, _ in grads.values())
+    return float(max(np.abs(g_t - g_p).max() / max(np.abs(g_t).max(), 1e-6 * scale) for g_t, g_p in grads.values()))
+
 
 def max_relative(pairs: Dict[str, Tuple[np.ndarray, np.ndarray]]) -> List[Tuple[float, str]]:
     """[(max |a - b| / max(max |a|, tiny), name)] sorted worst first."""

@@ -1,6 +1,6 @@
 """python -m convert.check on the one-stage demo configs (Conditional DETR, DAB-DETR, DAB-Deformable-DETR,
-DN-Deformable-DETR): the same weights in both trees agree on every decoder layer; a corrupted weight makes it exit
-non-zero."""
+DN-Deformable-DETR, SAP-DETR): the same weights in both trees agree on every decoder layer; a corrupted weight makes
+it exit non-zero."""
 import os
 
 import pytest
@@ -11,7 +11,7 @@ from convert.models import build_torch, resolve_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ["demo_conditional_detr.yml", "demo_dab_detr.yml", "demo_dab_deformable_detr.yml",
-           "demo_dn_dab_deformable_detr.yml"]
+           "demo_dn_dab_deformable_detr.yml", "demo_sap_detr.yml"]
 MODEL = ["model.num_classes=6"]  # the demo data's classes (the check reads images itself)
 
 

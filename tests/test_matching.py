@@ -80,6 +80,65 @@ def test_cost_matrix_matches_scalar_formula():
             assert abs(cost[q, g] - want) < 1e-12
 
 
+def test_reparam_cost_compares_deltas_in_pixels():
+    """Box reparameterization (Plain-DETR): the L1 term is |pred_delta - delta(ref -> GT)| with the GT scaled to
+    pixels by the image size and delta = ((x - xr) / (wr + 0.1), (y - yr) / (hr + 0.1), log(w / (wr + 0.1)),
+    log(h / (hr + 0.1))); the class and GIoU terms are the usual ones. Used by the batch call, image by image."""
+    rng = np.random.default_rng(1)
+    matcher = HungarianMatcher(cost_class=2.0, cost_bbox=1.0, cost_giou=2.0)
+    logits, boxes = rng.normal(0, 2, (2, 6, 4)), np.stack([random_cxcywh(rng, 6) for _ in range(2)])
+    deltas = rng.normal(0, 0.5, (2, 6, 4))
+    refs = np.concatenate([rng.uniform(20, 100, (2, 6, 2)), rng.uniform(10, 60, (2, 6, 2))], -1)
+    size = np.array([[160.0, 120.0], [90.0, 200.0]])
+    targets = [{"labels": np.array([1, 3, 1]), "boxes": random_cxcywh(rng, 3)},
+               {"labels": np.array([0, 2]), "boxes": random_cxcywh(rng, 2)}]
+    for b, t in enumerate(targets):
+        cost = matcher.cost_matrix(logits[b], boxes[b], t["labels"], t["boxes"], (deltas[b], refs[b], size[b]))
+        for q in range(6):
+            for g in range(len(t["labels"])):
+                (x, y, w, h), (xr, yr, wr, hr) = t["boxes"][g] * np.tile(size[b], 2), refs[b, q]
+                target = [(x - xr) / (wr + 0.1), (y - yr) / (hr + 0.1), math.log(w / (wr + 0.1)),
+                          math.log(h / (hr + 0.1))]
+                l1 = sum(abs(deltas[b, q, i] - target[i]) for i in range(4))
+                want = (2.0 * scalar_focal(logits[b, q, t["labels"][g]]) + l1
+                        - 2.0 * scalar_giou_cxcywh(boxes[b, q], t["boxes"][g])[1])
+                assert abs(cost[q, g] - want) < 1e-12
+        got = matcher(logits, boxes, targets, reparam=(deltas, refs, size))[b]
+        assert abs(cost[got].sum() - brute_force_min_cost(cost)) < 1e-9
+
+
+def test_sap_cost_objectness_point_constraint_and_corner_l1():
+    """SAP-DETR's matcher: the focal cost of p = sigmoid(class logit) * sigmoid(objectness logit), L1 on
+    x1y1x2y2, cost_inner added when the query's point is outside the GT box (its border counts as inside); a point
+    outside every GT of a query keeps that query unmatched when others are free."""
+    rng = np.random.default_rng(2)
+    matcher = HungarianMatcher(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, cost_inner=9999.0, l1_xyxy=True)
+    logits, boxes, objs = rng.normal(0, 2, (6, 4)), random_cxcywh(rng, 6), rng.normal(0, 2, (6, 1))
+    labels, gt_boxes = np.array([1, 3, 1]), random_cxcywh(rng, 3)
+    points = rng.uniform(0.1, 0.9, (6, 2))
+    points[0] = gt_boxes[0, :2] - gt_boxes[0, 2:] / 2  # exactly on GT 0's top-left corner: inside
+    points[4:] = gt_boxes[1:, :2]  # GTs 1 and 2 have a point inside too
+    cost = matcher.cost_matrix(logits, boxes, labels, gt_boxes, objectness=objs, points=points)
+    corners = lambda b: [b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2]  # noqa: E731
+    for q in range(6):
+        for g in range(3):
+            p = 1 / (1 + math.exp(-logits[q, labels[g]])) / (1 + math.exp(-objs[q, 0]))
+            focal = 0.25 * (1 - p) ** 2 * -math.log(p + 1e-8) - 0.75 * p ** 2 * -math.log(1 - p + 1e-8)
+            l1 = sum(abs(a - b) for a, b in zip(corners(boxes[q]), corners(gt_boxes[g])))
+            x1, y1, x2, y2 = corners(gt_boxes[g])
+            inside = x1 <= points[q, 0] <= x2 and y1 <= points[q, 1] <= y2
+            want = 2.0 * focal + 5.0 * l1 - 2.0 * scalar_giou_cxcywh(boxes[q], gt_boxes[g])[1] + 9999.0 * (not inside)
+            assert abs(cost[q, g] - want) < 1e-9 * max(1.0, abs(want)), (q, g)
+    assert cost[0, 0] < 9999.0
+    targets = [{"labels": labels, "boxes": gt_boxes}]
+    query_idx, gt_idx = matcher(logits[None], boxes[None], targets, objectness=objs[None], points=points[None])[0]
+    inside = cost < 9999.0
+    assert inside.any(0).all() and inside[query_idx, gt_idx].all() and not inside.all()
+    plain = HungarianMatcher(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0)
+    assert np.abs(plain.cost_matrix(logits, boxes, labels, gt_boxes, objectness=objs, points=points)
+                  - plain.cost_matrix(logits, boxes, labels, gt_boxes, objectness=objs)).max() == 0  # cost_inner 0
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_hungarian_is_optimal_against_brute_force(seed):
     rng = np.random.default_rng(seed)

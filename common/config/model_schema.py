@@ -24,17 +24,26 @@ dn.enabled is DN-DETR (Li et al., CVPR 2022: DN-DAB-DETR, plain denoising querie
 dab_deformable_detr is DAB-Deformable-DETR: the dac_detr layout (deformable encoder and decoder, box refinement)
 one-stage, with learned anchor boxes whose codes give each decoder layer its positional queries; it has the
 deformable keys but not two_stage / mixed_selection / look_forward_twice / dac, and with dn.enabled (plain) it is
-DN-Deformable-DETR (configs/dn_dab_deformable_detr_*.yml).
+DN-Deformable-DETR (configs/dn_dab_deformable_detr_*.yml). plain_detr is Plain-DETR (Lin et al., ICCV 2023): one
+stride-16 map (ResNet with backbone.last_stage 3 or dilation), no encoder, a decoder with global cross-attention
+biased by each query's box (BoxRPB), two-stage proposals from a small pyramid, box reparameterization and hybrid
+matching (its own sections `plain` and `hybrid`; of the deformable keys it has two_stage (true), mixed_selection
+and look_forward_twice). sap_detr is SAP-DETR (Liu et al., CVPR 2023): Conditional DETR's single-scale layout with
+one salient point per query, kept inside its cell of a query grid, boxes as distances from the point to their
+sides, point-enhanced cross-attention with a side-directed Gaussian bias, and an objectness head (its own section
+`sap`; it reads the same shared keys as dab_detr and has no dn).
 """
 from common.config.fields import Field as F
 
-ARCHS = ["dac_detr", "conditional_detr", "dab_detr", "dab_deformable_detr"]
+ARCHS = ["dac_detr", "conditional_detr", "dab_detr", "dab_deformable_detr", "plain_detr", "sap_detr"]
 
 MODEL = {
     "arch": F(str, "dac_detr", "detector: dac_detr (the DAC-DETR / DINO / Deformable-DETR family, switched by the "
                                "keys below), conditional_detr (single scale, conditional spatial queries), "
-                               "dab_detr (single scale, anchor-box queries refined per layer) or "
-                               "dab_deformable_detr (multi-scale deformable, one-stage anchor-box queries)",
+                               "dab_detr (single scale, anchor-box queries refined per layer), "
+                               "dab_deformable_detr (multi-scale deformable, one-stage anchor-box queries), "
+                               "plain_detr (one stride-16 map, global cross-attention with box bias) or "
+                               "sap_detr (single scale, salient-point queries on a grid)",
               choices=ARCHS),
     "num_classes": F(int, None, "number of classes (null: the number of categories in the training annotations)"),
     "backbone": {
@@ -76,7 +85,7 @@ MODEL = {
                              "Conditional DETR with 0.1)"),
     "enc_n_points": F(int, 4, "sampling points per head and level in encoder deformable attention"),
     "dec_n_points": F(int, 4, "sampling points per head and level in decoder cross-attention"),
-    "num_queries": F(int, 900, "object queries (= two-stage proposals kept)"),
+    "num_queries": F(int, 900, "object queries (= two-stage proposals kept; plain_detr: the one-to-one ones)"),
     "two_stage": F(bool, True, "queries from the top-scoring encoder proposals (false: learned queries; "
                                "then dn must be off)"),
     "mixed_selection": F(bool, True, "two-stage: learned content queries + positional part from the proposals "
@@ -125,6 +134,37 @@ MODEL = {
                                             "scores with O-decoder boxes of the same layer) or c_decoder",
                           choices=["o_decoder", "c_decoder"]),
         "loss_norm": F(float, 3.0, "C-decoder one-to-many losses are divided by loss_norm * num_boxes"),
+    },
+    "plain": {
+        "reparam": F(bool, True, "plain_detr: box reparameterization (boxes in pixels, deltas relative to the "
+                                 "reference box, L1 loss and cost on the deltas; the release's best setting)"),
+        "rpe_type": F(str, "linear", "BoxRPB input: linear (pixel offsets, the release's) or abs_log8 "
+                                     "(sign(d) log2(|d| + 1) / 3)", choices=["linear", "abs_log8"]),
+        "rpe_hidden_dim": F(int, 512, "hidden width of the two BoxRPB MLPs"),
+        "pe_normalize": F(bool, False, "plain_detr: sine codes of the pixels normalized by the image extent (as "
+                                       "the other archs) or, false, of the cell index (the release's reparam "
+                                       "script, 'sine_unnorm'; its other scripts normalize)"),
+        "proposal_strides": F(list, [8, 16, 32, 64], "strides of the proposal pyramid built from the decoder's "
+                                                     "map (each a power-of-two multiple or divisor of its stride)",
+                              items=int),
+    },
+    "hybrid": {
+        "num_queries": F(int, 1500, "plain_detr: one-to-many queries added in training (0: off); inference runs "
+                                    "the num_queries one-to-one queries only"),
+        "k": F(int, 6, "one-to-many queries are matched to every GT repeated k times"),
+        "weight": F(float, 1.0, "weight of the one-to-many losses relative to the one-to-one ones"),
+    },
+    "sap": {
+        "grid": F(list, [18, 17], "sap_detr: the query grid (columns, rows), one query per cell; num_queries must "
+                                  "be columns * rows (the release: 18 x 17 = 306)", items=int),
+        "sdg": F(bool, True, "side-directed Gaussian bias in the decoder cross-attention"),
+        "conv_init": F(bool, True, "first query content sampled at the grid points from three conv blocks over "
+                                   "the encoder output (the release's newconvinit; false: zero)"),
+        "obj_weight": F(float, 1.0, "weight of the objectness loss (focal, target the IoU with the matched GT)"),
+        "inner_weight": F(float, 2.0, "weight of loss_inner, the share of matched points outside their GT box: a "
+                                      "count without gradient, in the total as the release's"),
+        "cost_inner": F(float, 9999.0, "matching cost of a query whose point is outside the GT box (the release's "
+                                       "hard constraint)"),
     },
     "loss": {
         "type": F(str, "ice", "decoder classification loss: focal (sigmoid focal) or ice (IoU-aware BCE of the "

@@ -2,7 +2,7 @@
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from common.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from common.box_ops import box_cxcywh_to_xyxy, box_to_delta, generalized_box_iou
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -14,14 +14,18 @@ def sigmoid(x):
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def focal_class_cost(pred_logits, gt_labels, alpha=0.25, gamma=2.0):
+def focal_class_cost(pred_logits, gt_labels, alpha=0.25, gamma=2.0, obj_logits=None):
     """Focal-loss class cost of every (query, GT) pair: pos - neg at the GT's class.
 
-    pred_logits [Q, C] raw logits, gt_labels int [n] -> cost [Q, n] float64, with p = sigmoid(logit),
-    pos = alpha (1-p)^gamma (-log(p + 1e-8)) and neg = (1-alpha) p^gamma (-log(1-p + 1e-8)).
+    pred_logits [Q, C] raw logits, gt_labels int [n], obj_logits [Q, 1] or None -> cost [Q, n] float64, with
+    p = sigmoid(logit) (times sigmoid(obj_logit) with objectness, SAP-DETR's), pos = alpha (1-p)^gamma
+    (-log(p + 1e-8)) and neg = (1-alpha) p^gamma (-log(1-p + 1e-8)).
     """
     logits = np.asarray(pred_logits, dtype=np.float64)[:, gt_labels]
     p, one_minus_p = sigmoid(logits), sigmoid(-logits)  # sigmoid(-x) avoids cancellation in 1 - p
+    if obj_logits is not None:  # 1 - p o = (1 - p) + p (1 - o), again without cancellation
+        obj = np.asarray(obj_logits, dtype=np.float64).reshape(-1, 1)
+        p, one_minus_p = p * sigmoid(obj), one_minus_p + p * sigmoid(-obj)
     pos = alpha * one_minus_p ** gamma * -np.log(p + 1e-8)
     neg = (1 - alpha) * p ** gamma * -np.log(one_minus_p + 1e-8)
     return pos - neg
@@ -76,14 +80,25 @@ def unpack_batch(pred_logits, pred_boxes, targets, caller):
     return images
 
 
+def points_inside(points, boxes_xyxy):
+    """points [Q, 2] (x, y), boxes_xyxy [n, 4] -> bool [Q, n]: the point is inside the box or on its border."""
+    points = np.asarray(points, dtype=np.float64)
+    return ((points[:, None] >= boxes_xyxy[None, :, :2]) & (points[:, None] <= boxes_xyxy[None, :, 2:])).all(-1)
+
+
 class HungarianMatcher:
     """Optimal one-to-one assignment of queries to ground-truth boxes.
 
     cost = cost_class * focal class cost + cost_bbox * L1(cxcywh) - cost_giou * GIoU(xyxy),
-    minimized per image by scipy's linear_sum_assignment; computed in float64.
+    minimized per image by scipy's linear_sum_assignment; computed in float64. With box reparameterization
+    (Plain-DETR) the L1 term compares deltas instead: the predicted delta with the one that would turn the query's
+    reference box into the GT (common.box_ops.box_to_delta, in pixels). SAP-DETR's options: l1_xyxy (the L1 term
+    on corners), and, given objectness logits and points, the class probability times the objectness one and
+    cost_inner added where the query's point is outside the GT box (on its border counts as inside).
     """
 
-    def __init__(self, cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, focal_alpha=0.25, focal_gamma=2.0):
+    def __init__(self, cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, focal_alpha=0.25, focal_gamma=2.0,
+                 cost_inner=0.0, l1_xyxy=False):
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("HungarianMatcher: cost_class, cost_bbox and cost_giou are all 0; set at least one")
         self.cost_class = cost_class
@@ -91,24 +106,38 @@ class HungarianMatcher:
         self.cost_giou = cost_giou
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        self.cost_inner = cost_inner
+        self.l1_xyxy = l1_xyxy
 
-    def cost_matrix(self, pred_logits, pred_boxes, gt_labels, gt_boxes):
+    def cost_matrix(self, pred_logits, pred_boxes, gt_labels, gt_boxes, reparam=None, objectness=None, points=None):
         """Matching cost of one image.
 
-        pred_logits [Q, C] raw, pred_boxes [Q, 4] cxcywh, gt_labels int [n], gt_boxes [n, 4] cxcywh
-        -> cost [Q, n] float64.
+        pred_logits [Q, C] raw, pred_boxes [Q, 4] cxcywh, gt_labels int [n], gt_boxes [n, 4] cxcywh, reparam: None
+        or (pred_deltas [Q, 4], ref_boxes [Q, 4] cxcywh in pixels, image_size [2] (w, h) pixels, the scale of the
+        normalized boxes), objectness [Q, 1] raw or None, points [Q, 2] (x, y) or None -> cost [Q, n] float64.
         """
         pred_boxes = np.asarray(pred_boxes, dtype=np.float64)
         gt_boxes = np.asarray(gt_boxes, dtype=np.float64)
-        cls = focal_class_cost(pred_logits, gt_labels, self.focal_alpha, self.focal_gamma)
-        l1 = np.abs(pred_boxes[:, None, :] - gt_boxes[None, :, :]).sum(axis=-1)
-        giou = generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(gt_boxes))
-        return self.cost_class * cls + self.cost_bbox * l1 - self.cost_giou * giou
+        pred_xyxy, gt_xyxy = box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(gt_boxes)
+        cls = focal_class_cost(pred_logits, gt_labels, self.focal_alpha, self.focal_gamma, objectness)
+        if reparam is not None:
+            deltas, refs, size = (np.asarray(a, dtype=np.float64) for a in reparam)
+            gt_deltas = box_to_delta(refs[:, None], gt_boxes[None] * np.tile(size, 2))  # [Q, n, 4]
+            l1 = np.abs(deltas[:, None, :] - gt_deltas).sum(axis=-1)
+        elif self.l1_xyxy:
+            l1 = np.abs(pred_xyxy[:, None, :] - gt_xyxy[None, :, :]).sum(axis=-1)
+        else:
+            l1 = np.abs(pred_boxes[:, None, :] - gt_boxes[None, :, :]).sum(axis=-1)
+        cost = self.cost_class * cls + self.cost_bbox * l1 - self.cost_giou * generalized_box_iou(pred_xyxy, gt_xyxy)
+        if points is not None and self.cost_inner:
+            cost = cost + self.cost_inner * ~points_inside(points, gt_xyxy)
+        return cost
 
-    def __call__(self, pred_logits, pred_boxes, targets):
+    def __call__(self, pred_logits, pred_boxes, targets, reparam=None, objectness=None, points=None):
         """pred_logits [B, Q, C] raw, pred_boxes [B, Q, 4] cxcywh, targets: B dicts with "labels" int64 [n]
-        and "boxes" [n, 4] cxcywh -> B tuples (query_idx int64 [k], gt_idx int64 [k]), k = min(Q, n),
-        sorted by query_idx.
+        and "boxes" [n, 4] cxcywh, reparam: None or (pred_deltas [B, Q, 4], ref_boxes [B, Q, 4], image_size [B, 2]),
+        objectness [B, Q, 1] or None, points [B, Q, 2] or None (cost_matrix)
+        -> B tuples (query_idx int64 [k], gt_idx int64 [k]), k = min(Q, n), sorted by query_idx.
         """
         indices = []
         for b, (logits, boxes, labels, gt_boxes) in enumerate(
@@ -116,7 +145,10 @@ class HungarianMatcher:
             if len(labels) == 0:
                 indices.append((_EMPTY.copy(), _EMPTY.copy()))
                 continue
-            cost = self.cost_matrix(logits, boxes, labels, gt_boxes)
+            cost = self.cost_matrix(logits, boxes, labels, gt_boxes,
+                                    None if reparam is None else tuple(a[b] for a in reparam),
+                                    None if objectness is None else objectness[b],
+                                    None if points is None else points[b])
             if not np.isfinite(cost).all():
                 # inputs are finite here, so this is 0/0 in GIoU: a zero-area prediction on a zero-area GT
                 raise ValueError(f"HungarianMatcher: image {b} has a non-finite matching cost; check "

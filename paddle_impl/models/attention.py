@@ -86,13 +86,14 @@ def _additive(mask, dtype):
     return paddle.zeros_like(mask, dtype=dtype).masked_fill(mask, float("-inf"))
 
 
-def attend(q, k, v, n_heads, attn_mask=None, key_padding_mask=None, dropout=None):
+def attend(q, k, v, n_heads, attn_mask=None, key_padding_mask=None, dropout=None, bias=None):
     """Scaled dot-product attention of projected inputs, per head: softmax(q_h k_h^T / sqrt(dk) + masks) v_h.
 
     q [B, Nq, h * dk], k [B, Nk, h * dk], v [B, Nk, h * dv], attn_mask bool [Nq, Nk] and key_padding_mask bool
     [B, Nk] (True = blocked; Paddle's own attention APIs read True as "attend", and paddle.nn.MultiHeadAttention
-    has no key padding mask) or None, dropout: a layer applied to the attention weights -> [B, Nq, h * dv]
-    (heads concatenated). The masks are added as 0 / -inf. Every query must see at least one key.
+    has no key padding mask) or None, dropout: a layer applied to the attention weights, bias: float
+    [B, h, Nq, Nk] added to the scaled logits (SAP-DETR's Gaussian) or None -> [B, Nq, h * dv] (heads
+    concatenated). The masks are added as 0 / -inf. Every query must see at least one key.
     Written out, where torch's `attend` calls its fused kernel: Paddle's F.scaled_dot_product_attention runs this
     same math on CPU (1.2x faster forward + backward in a measurement) and picks its flash-attention op elsewhere
     (docs/paddle_vs_torch.md).
@@ -104,6 +105,8 @@ def attend(q, k, v, n_heads, attn_mask=None, key_padding_mask=None, dropout=None
     k = k.reshape([b, nk, n_heads, dk]).transpose([0, 2, 1, 3])
     v = v.reshape([b, nk, n_heads, dv]).transpose([0, 2, 1, 3])
     scores = paddle.matmul(q, k, transpose_y=True) / math.sqrt(dk)  # [B, h, Nq, Nk]
+    if bias is not None:
+        scores = scores + bias
     if attn_mask is not None:
         scores = scores + _additive(attn_mask, scores.dtype)
     if key_padding_mask is not None:

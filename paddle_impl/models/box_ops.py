@@ -3,14 +3,37 @@
 The criterion calls these on small tensors, where per-op overhead dominates, so coordinates are split with one
 unbind rather than several slices, and max(x, 0) is relu (a single kernel; Tensor.clip adds Python-side checks).
 """
+import math
+
 import paddle
 import paddle.nn.functional as F
+
+MAX_LOG_SCALE = abs(math.log(16 / 1000))  # apply_box_delta's clamp on log size changes (Plain-DETR's delta2bbox)
 
 
 def box_cxcywh_to_xyxy(boxes):
     """(cx, cy, w, h) -> (x0, y0, x1, y1). boxes [..., 4] -> [..., 4]."""
     cx, cy, w, h = paddle.unbind(boxes, axis=-1)
     return paddle.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
+
+
+def box_xyxy_to_cxcywh(boxes):
+    """(x0, y0, x1, y1) -> (cx, cy, w, h). boxes [..., 4] -> [..., 4]."""
+    x0, y0, x1, y1 = paddle.unbind(boxes, axis=-1)
+    return paddle.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], axis=-1)
+
+
+def apply_box_delta(reference, delta, image_size):
+    """Plain-DETR's box reparameterization: move reference boxes by deltas, in pixels, and clip to the image:
+    centre + delta_xy * size, size * exp(delta_wh) (delta_wh clamped to +-log(1000 / 16)).
+
+    reference [B, N, 4] cxcywh pixels, delta [B, N, 4], image_size [B, 2] (w, h) -> [B, N, 4] cxcywh pixels.
+    """
+    centre = reference[..., :2] + delta[..., :2] * reference[..., 2:]
+    size = reference[..., 2:] * paddle.exp(delta[..., 2:].clip(-MAX_LOG_SCALE, MAX_LOG_SCALE))
+    limit = paddle.tile(image_size, [1, 2])[:, None]  # [B, 1, 4]
+    xyxy = paddle.concat([centre - 0.5 * size, centre + 0.5 * size], -1)
+    return box_xyxy_to_cxcywh(paddle.minimum(F.relu(xyxy), limit))
 
 
 def box_area(boxes):

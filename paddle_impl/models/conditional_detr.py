@@ -34,16 +34,19 @@ from .layers import Conv2D, Linear, embedding
 from .position_encoding import PositionEmbeddingSine
 from .utils import inverse_sigmoid
 
+PRIOR_LOGIT = -math.log((1 - 0.01) / 0.01)  # a sigmoid score of 0.01: the focal-loss detectors' first scores
+
 
 class SingleScaleDETR(nn.Layer):
-    """What the single-scale detectors (ConditionalDETR, dab_detr.DABDETR) share: the backbone's last feature map
-    projected to the transformer width (input_proj), its sine position codes, one class head and one box head for
-    every decoder layer. A subclass registers its queries after them, then calls init_heads (the releases' init,
-    drawn after the queries' so that a seed gives the releases' order of random draws)."""
+    """What the single-scale detectors (ConditionalDETR, dab_detr.DABDETR, sap_detr.SAPDETR) share: the backbone's
+    last feature map projected to the transformer width (input_proj), its sine position codes and, with
+    shared_heads, one class head and one box head for every decoder layer. A subclass registers its queries after
+    them, then calls init_heads (the releases' init, drawn after the queries' so that a seed gives the releases'
+    order of random draws)."""
 
     two_stage = False  # no encoder proposals (read by convert.check)
 
-    def __init__(self, backbone, transformer, num_classes, num_queries, pe_temperature):
+    def __init__(self, backbone, transformer, num_classes, num_queries, pe_temperature, shared_heads=True):
         super().__init__()
         d = transformer.d_model
         self.num_classes = num_classes
@@ -51,15 +54,19 @@ class SingleScaleDETR(nn.Layer):
         self.backbone = backbone
         self.transformer = transformer
         self.position_embedding = PositionEmbeddingSine(d // 2, pe_temperature)
+        self.shared_heads = shared_heads
         self.input_proj = Conv2D(backbone.num_channels[-1], d, 1)
-        self.class_embed = Linear(d, num_classes)
-        self.bbox_embed = MLP(d, d, 4, 3)
+        if shared_heads:
+            self.class_embed = Linear(d, num_classes)
+            self.bbox_embed = MLP(d, d, 4, 3)
 
     def init_heads(self):
+        """The shared heads' init (classes start at p = 0.01, boxes at the references) and input_proj's."""
         zeros = nn.initializer.Constant(0.0)
-        nn.initializer.Constant(-math.log((1 - 0.01) / 0.01))(self.class_embed.bias)  # every class at p = 0.01
-        zeros(self.bbox_embed.layers[-1].weight)  # first boxes: the queries' own references
-        zeros(self.bbox_embed.layers[-1].bias)
+        if self.shared_heads:
+            nn.initializer.Constant(PRIOR_LOGIT)(self.class_embed.bias)
+            zeros(self.bbox_embed.layers[-1].weight)
+            zeros(self.bbox_embed.layers[-1].bias)
         nn.initializer.XavierUniform()(self.input_proj.weight)
         zeros(self.input_proj.bias)
 

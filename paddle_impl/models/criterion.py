@@ -14,7 +14,10 @@ Classification (loss.type):
          positives have rank 0, weight 1. A (query, class) that is positive for several GTs keeps its largest t.
   The encoder proposals always use focal loss on class-agnostic targets (every GT as class 0), weighted by
   loss.enc_class_weight (release: 2).
-Boxes: L1 on cxcywh and 1 - GIoU, summed over positives / normalizer.
+Boxes: L1 on cxcywh (x1y1x2y2 with l1_xyxy) and 1 - GIoU, summed over positives / normalizer.
+SAP-DETR's terms (layers with pred_objs): loss_obj = soft_focal_loss of the objectness logits towards the IoU of
+the matched boxes (detached; the release lets the box gradient through this target), 0 elsewhere; loss_inner = the
+matched points outside their GT box (no gradient), both / normalizer.
 
 Mirror of torch_impl/models/criterion.py. Matching runs in numpy (common/matching) on detached copies, so
 the pair indices reach the losses as int64 tensors built from numpy.
@@ -37,6 +40,12 @@ def sigmoid_focal_loss(logits, pos, normalizer, alpha=0.25, gamma=2.0):
     logits [B, N, C], pos: (batch_idx, query_idx, class) int64 tensors [P] -> scalar sum / normalizer.
     """
     target = paddle.index_put(paddle.zeros_like(logits), pos, paddle.ones_like(pos[0], dtype=logits.dtype))
+    return soft_focal_loss(logits, target, normalizer, alpha, gamma)
+
+
+def soft_focal_loss(logits, target, normalizer, alpha=0.25, gamma=2.0):
+    """Focal loss with targets in [0, 1] (RetinaNet's formula read with soft targets, as SAP-DETR's objectness).
+    logits, target [...] -> scalar sum / normalizer."""
     prob = F.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     p_t = prob * target + (1 - prob) * (1 - target)
@@ -80,11 +89,12 @@ class SetCriterion(SetCriterionBase, nn.Layer):
         return numpy_rng()  # seeded from Paddle's global RNG
 
     @staticmethod
-    def _numpy(logits, boxes):
-        return logits.detach().astype("float32").numpy(), boxes.detach().astype("float32").numpy()
+    def _numpy(*tensors):
+        return tuple(t.detach().astype("float32").numpy() for t in tensors)
 
-    def _terms(self, layer, tgt, indices, normalizer, one_to_many=False, focal=False):
-        """Class, L1 and GIoU losses of one layer's outputs for per-image (query_idx, gt_idx) pairs."""
+    def _terms(self, layer, tgt, indices, normalizer, one_to_many=False, focal=False, delta_targets=None):
+        """Class, L1 and GIoU losses of one layer's outputs for per-image (query_idx, gt_idx) pairs; with
+        delta_targets (numpy [P, 4]) the L1 term is on layer["pred_deltas"]."""
         logits, boxes = layer["pred_logits"], layer["pred_boxes"]
         place = logits.place
         batch_np, query_np, gt_np = pair_arrays(indices, [len(t["labels"]) for t in tgt])
@@ -112,8 +122,30 @@ class SetCriterion(SetCriterionBase, nn.Layer):
                 keep = paddle.to_tensor(keep_best_duplicates(keys, t.numpy()), place=place)
             pos = (paddle.gather(batch_idx, keep), paddle.gather(query_idx, keep), paddle.gather(labels, keep))
             loss_ce = ice_loss(logits, pos, paddle.gather(t, keep), normalizer, self.focal_gamma)
-        l1 = F.l1_loss(src_boxes, tgt_boxes, reduction="none").sum(-1)
+        if delta_targets is not None:
+            deltas = paddle.gather_nd(layer["pred_deltas"], idx[:2].T)
+            l1 = (deltas - paddle.to_tensor(delta_targets, dtype=deltas.dtype, place=place)).abs().sum(-1)
+        elif self.l1_xyxy:
+            l1 = F.l1_loss(src_xyxy, tgt_xyxy, reduction="none").sum(-1)
+        else:
+            l1 = F.l1_loss(src_boxes, tgt_boxes, reduction="none").sum(-1)
         giou = 1 - elementwise_generalized_box_iou(src_xyxy, tgt_xyxy)
         if box_weight is not None:
             l1, giou = l1 * box_weight, giou * box_weight
-        return {"loss_ce": loss_ce, "loss_bbox": l1.sum() / normalizer, "loss_giou": giou.sum() / normalizer}
+        terms = {"loss_ce": loss_ce, "loss_bbox": l1.sum() / normalizer, "loss_giou": giou.sum() / normalizer}
+        if "pred_objs" in layer:
+            terms.update(self._sap_terms(layer, idx, src_xyxy, tgt_xyxy, normalizer))
+        return terms
+
+    def _sap_terms(self, layer, idx, src_xyxy, tgt_xyxy, normalizer):
+        """SAP-DETR's loss_obj and loss_inner (module docstring) at the pairs idx[:2] = (batch_idx, query_idx)
+        [2, P] of boxes src_xyxy / tgt_xyxy [P, 4]."""
+        objs = layer["pred_objs"]
+        tgt_xyxy = tgt_xyxy.astype(src_xyxy.dtype)  # float32 targets of a float64 model: no silent promotion
+        with paddle.no_grad():
+            iou = elementwise_box_iou(src_xyxy, tgt_xyxy)[0]
+            point = paddle.gather_nd(layer["pred_points"], idx[:2].T)
+            inside = paddle.logical_and(point >= tgt_xyxy[:, :2], point <= tgt_xyxy[:, 2:]).all(-1)
+        target = paddle.index_put(paddle.zeros_like(objs), (idx[0], idx[1]), iou[:, None].astype(objs.dtype))
+        return {"loss_obj": soft_focal_loss(objs, target, normalizer, self.focal_alpha, self.focal_gamma),
+                "loss_inner": (1 - inside.astype(objs.dtype)).sum() / normalizer}

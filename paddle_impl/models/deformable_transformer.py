@@ -131,6 +131,12 @@ class DeformableTransformerDecoderLayer(nn.Layer):
         return self.norm3(tgt + self.dropout4(ffn))
 
 
+def top_proposals(scores, k):
+    """Indices of the k best proposals per image. scores [B, S] -> int64 [B, k]. (convert.check records and
+    replays these to compare two-stage models across frameworks; every two-stage arch selects through here.)"""
+    return paddle.topk(scores, k, axis=1)[1]
+
+
 def _apply_delta(delta, reference):
     """Box from a head's output and a reference. delta [B, N, 4] logits, reference [B, N, 4] boxes or [B, N, 2]
     points in [0, 1] -> [B, N, 4] cxcywh in [0, 1] (a 2-d point only refines the centre)."""
@@ -321,7 +327,7 @@ class DeformableTransformer(nn.Layer):
             if isinstance(s, int) and self.num_queries > s:  # (symbolic while exporting)
                 raise ValueError(f"model.num_queries ({self.num_queries}) exceeds the {s} encoder tokens of this "
                                  "input; lower num_queries or use larger images")
-            topk = paddle.topk(enc_logits[..., 0], self.num_queries, axis=1)[1]
+            topk = top_proposals(enc_logits[..., 0], self.num_queries)
             reference = paddle.take_along_axis(enc_coords, topk[..., None].tile([1, 1, 4]), 1).detach()  # logits
             extra = dict(enc_logits=enc_logits, enc_boxes=F.sigmoid(enc_coords))
             if dn_boxes is not None:

@@ -16,22 +16,27 @@ class PositionEmbeddingSine(nn.Layer):
 
     Coordinates are cumulative counts of valid pixels, shifted by -0.5 (pixel centres) and divided by the
     valid extent, times `scale`, so the same relative position gets the same code whatever the padding.
+    normalize=False: not divided (the cell index times `scale`, Plain-DETR's "sine_unnorm").
     forward(mask bool [B, H, W] True = padding) -> float32 [B, 2 * num_pos_feats, H, W] (y features, then x).
     """
 
-    def __init__(self, num_pos_feats=128, temperature=10000.0, scale=2 * math.pi):
+    def __init__(self, num_pos_feats=128, temperature=10000.0, scale=2 * math.pi, normalize=True):
         super().__init__()
         self.num_pos_feats = num_pos_feats
         self.temperature = temperature
         self.scale = scale
+        self.normalize = normalize
 
     def forward(self, mask):
         not_mask = (~mask).astype("float32")
         y = not_mask.cumsum(1)
         x = not_mask.cumsum(2)
-        eps = 1e-6
-        y = (y - 0.5) / (y[:, -1:, :] + eps) * self.scale
-        x = (x - 0.5) / (x[:, :, -1:] + eps) * self.scale
+        if self.normalize:
+            eps = 1e-6
+            y = (y - 0.5) / (y[:, -1:, :] + eps) * self.scale
+            x = (x - 0.5) / (x[:, :, -1:] + eps) * self.scale
+        else:
+            y, x = (y - 0.5) * self.scale, (x - 0.5) * self.scale
         dim_t = _inverse_frequencies(self.num_pos_feats, self.temperature)
         pos_x = x[..., None] / dim_t
         pos_y = y[..., None] / dim_t

@@ -1,6 +1,6 @@
-"""The ONNX export of the archs other than dac_detr (Conditional DETR, DAB-DETR, DN-Deformable-DETR): each tiny
-demo model exports, and onnxruntime gives the eager deploy program's detections on one image of each of two sizes
-and on both padded into one batch (tolerances of tests/torch_impl/test_torch_export_onnx.py)."""
+"""The ONNX export of the archs other than dac_detr (Conditional DETR, DAB-DETR, DN-Deformable-DETR, Plain-DETR,
+SAP-DETR): each tiny demo model exports, and onnxruntime gives the eager deploy program's detections on one image of
+each of two sizes and on both padded into one batch (tolerances of tests/torch_impl/test_torch_export_onnx.py)."""
 import os
 
 import pytest
@@ -17,14 +17,17 @@ from torch_impl.checkpoint import save_checkpoint
 from torch_impl.models.build import build_model
 from torch_impl.predictor import EagerPredictor, Predictor, load_deploy_model
 
-CONFIGS = ["demo_conditional_detr.yml", "demo_dab_detr.yml", "demo_dn_dab_deformable_detr.yml"]
+CONFIGS = ["demo_conditional_detr.yml", "demo_dab_detr.yml", "demo_dn_dab_deformable_detr.yml", "demo_plain_detr.yml",
+           "demo_sap_detr.yml"]
 SMALL = ["model.hidden_dim=32", "model.enc_layers=1", "model.dec_layers=2", "model.dim_feedforward=64",
          "model.num_queries=20", "model.postprocess.num_select=20", "data.val.size=128"]
 
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_onnxruntime_matches_eager(config, tiny_data, tmp_path):
-    path, overrides = os.path.join(ROOT, "configs", config), SMALL + tiny_data
+    small = [o for o in SMALL if "plain" not in config or not o.startswith("model.enc_layers")]  # no encoder
+    small += ["model.sap.grid=[5, 4]"] if "sap" in config else []  # 20 grid cells
+    path, overrides = os.path.join(ROOT, "configs", config), small + tiny_data
     cfg, _ = load_model_config(path, overrides)
     torch.manual_seed(0)
     ckpt, onnx_path = str(tmp_path / "model.pth"), str(tmp_path / "model.onnx")

@@ -76,12 +76,13 @@ class MSDeformAttn(nn.Module):
         return self.output_proj(out)
 
 
-def attend(q, k, v, n_heads, attn_mask=None, key_padding_mask=None, dropout=None):
+def attend(q, k, v, n_heads, attn_mask=None, key_padding_mask=None, dropout=None, bias=None):
     """Scaled dot-product attention of projected inputs, per head: softmax(q_h k_h^T / sqrt(dk) + masks) v_h.
 
     q [B, Nq, h * dk], k [B, Nk, h * dk], v [B, Nk, h * dv], attn_mask bool [Nq, Nk] and key_padding_mask bool
-    [B, Nk] (True = blocked) or None, dropout: an nn.Dropout applied to the attention weights -> [B, Nq, h * dv]
-    (heads concatenated). Every query must see at least one key.
+    [B, Nk] (True = blocked) or None, dropout: an nn.Dropout applied to the attention weights, bias: float
+    [B, h, Nq, Nk] added to the scaled logits (SAP-DETR's Gaussian) or None -> [B, Nq, h * dv] (heads
+    concatenated). Every query must see at least one key.
     torch's fused F.scaled_dot_product_attention computes it (5.5x faster forward + backward than the explicit
     softmax(q k^T) v on CPU at DAC-DETR's 1,100 decoder queries; docs/performance.md); its bool masks mean
     "attend", hence the inversions.
@@ -99,6 +100,11 @@ def attend(q, k, v, n_heads, attn_mask=None, key_padding_mask=None, dropout=None
         keys = ~key_padding_mask[:, None, None, :]
         allowed = keys if allowed is None else allowed & keys
     p = dropout.p if dropout is not None and dropout.training else 0.0
+    if bias is not None:  # one float mask: the bias, -inf where blocked
+        allowed = bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))
+        if torch.compiler.is_exporting():  # written out, as box_rpb.GlobalCrossAttention does (see there)
+            scores = q @ k.transpose(-2, -1) / math.sqrt(dk) + allowed
+            return (torch.softmax(scores, -1) @ v).transpose(1, 2).reshape(b, nq, n_heads * dv)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)  # [B, h, Nq, dv]
     return out.transpose(1, 2).reshape(b, nq, n_heads * dv)
 

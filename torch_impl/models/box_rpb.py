@@ -10,6 +10,8 @@ cpb_mlp1 is the x MLP, cpb_mlp2 the y MLP, each Linear(2, hidden) + ReLU + Linea
 (a per-head constant would not change a softmax); projections q, k, v, proj; hidden 512, stride 16, rpe_type
 "linear" (raw pixel offsets, the release's default and the one all its BoxRPB configs use).
 """
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,7 +101,11 @@ class GlobalCrossAttention(BoxRPB):
         bias = super().forward(boxes, spatial_shape)  # [B, h, Q, H W]
         if key_padding_mask is not None:
             bias = bias.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-        # torch's fused kernel, scale 1 / sqrt(d) as the release's qk_scale default (see attention.attend)
-        out = F.scaled_dot_product_attention(self._heads(self.q(query)), self._heads(self.k(key)),
-                                             self._heads(self.v(value)), attn_mask=bias)  # [B, h, Q, d]
+        q, k, v = self._heads(self.q(query)), self._heads(self.k(key)), self._heads(self.v(value))
+        if torch.compiler.is_exporting():
+            # written out: torch.export decomposes the fused kernel with a float mask into math whose output
+            # layout differs from the traced one, and the reshape below then fails
+            out = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + bias, -1) @ v
+        else:  # torch's fused kernel, scale 1 / sqrt(d) as the release's qk_scale default (see attention.attend)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [B, h, Q, d]
         return self.proj(out.transpose(1, 2).flatten(2))

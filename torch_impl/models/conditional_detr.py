@@ -31,16 +31,19 @@ from .dac_detr import MLP
 from .position_encoding import PositionEmbeddingSine
 from .utils import inverse_sigmoid
 
+PRIOR_LOGIT = -math.log((1 - 0.01) / 0.01)  # a sigmoid score of 0.01: the focal-loss detectors' first scores
+
 
 class SingleScaleDETR(nn.Module):
-    """What the single-scale detectors (ConditionalDETR, dab_detr.DABDETR) share: the backbone's last feature map
-    projected to the transformer width (input_proj), its sine position codes, one class head and one box head for
-    every decoder layer. A subclass registers its queries after them, then calls init_heads (the releases' init,
-    drawn after the queries' so that a seed gives the releases' order of random draws)."""
+    """What the single-scale detectors (ConditionalDETR, dab_detr.DABDETR, sap_detr.SAPDETR) share: the backbone's
+    last feature map projected to the transformer width (input_proj), its sine position codes and, with
+    shared_heads, one class head and one box head for every decoder layer. A subclass registers its queries after
+    them, then calls init_heads (the releases' init, drawn after the queries' so that a seed gives the releases'
+    order of random draws)."""
 
     two_stage = False  # no encoder proposals (read by convert.check)
 
-    def __init__(self, backbone, transformer, num_classes, num_queries, pe_temperature):
+    def __init__(self, backbone, transformer, num_classes, num_queries, pe_temperature, shared_heads=True):
         super().__init__()
         d = transformer.d_model
         self.num_classes = num_classes
@@ -48,14 +51,18 @@ class SingleScaleDETR(nn.Module):
         self.backbone = backbone
         self.transformer = transformer
         self.position_embedding = PositionEmbeddingSine(d // 2, pe_temperature)
+        self.shared_heads = shared_heads
         self.input_proj = nn.Conv2d(backbone.num_channels[-1], d, 1)
-        self.class_embed = nn.Linear(d, num_classes)
-        self.bbox_embed = MLP(d, d, 4, 3)
+        if shared_heads:
+            self.class_embed = nn.Linear(d, num_classes)
+            self.bbox_embed = MLP(d, d, 4, 3)
 
     def init_heads(self):
-        nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))  # every class starts at p = 0.01
-        nn.init.zeros_(self.bbox_embed.layers[-1].weight)  # first boxes: the queries' own references
-        nn.init.zeros_(self.bbox_embed.layers[-1].bias)
+        """The shared heads' init (classes start at p = 0.01, boxes at the references) and input_proj's."""
+        if self.shared_heads:
+            nn.init.constant_(self.class_embed.bias, PRIOR_LOGIT)
+            nn.init.zeros_(self.bbox_embed.layers[-1].weight)
+            nn.init.zeros_(self.bbox_embed.layers[-1].bias)
         nn.init.xavier_uniform_(self.input_proj.weight)
         nn.init.zeros_(self.input_proj.bias)
 

@@ -43,7 +43,8 @@ class ProjectedAttention(nn.Module):
     """Multi-head attention whose inputs the caller has projected: `attend`, then out_proj.
 
     forward(q [B, Nq, h * dk], k [B, Nk, h * dk], v [B, Nk, D], key_padding_mask bool [B, Nk] True = padded, or
-    None; attn_mask bool [Nq, Nk] True = blocked, or None) -> [B, Nq, D].
+    None; attn_mask bool [Nq, Nk] True = blocked, or None; bias float [B, h, Nq, Nk] added to the logits, or None)
+    -> [B, Nq, D].
     """
 
     def __init__(self, d_model, n_heads, dropout=0.0):
@@ -55,8 +56,8 @@ class ProjectedAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, q, k, v, key_padding_mask=None, attn_mask=None):
-        return self.out_proj(attend(q, k, v, self.n_heads, attn_mask, key_padding_mask, self.dropout))
+    def forward(self, q, k, v, key_padding_mask=None, attn_mask=None, bias=None):
+        return self.out_proj(attend(q, k, v, self.n_heads, attn_mask, key_padding_mask, self.dropout, bias))
 
 
 class TransformerEncoderLayer(nn.Module):

@@ -14,7 +14,10 @@ Classification (loss.type):
          positives have rank 0, weight 1. A (query, class) that is positive for several GTs keeps its largest t.
   The encoder proposals always use focal loss on class-agnostic targets (every GT as class 0), weighted by
   loss.enc_class_weight (release: 2).
-Boxes: L1 on cxcywh and 1 - GIoU, summed over positives / normalizer.
+Boxes: L1 on cxcywh (x1y1x2y2 with l1_xyxy) and 1 - GIoU, summed over positives / normalizer.
+SAP-DETR's terms (layers with pred_objs): loss_obj = soft_focal_loss of the objectness logits towards the IoU of
+the matched boxes (detached; the release lets the box gradient through this target), 0 elsewhere; loss_inner = the
+matched points outside their GT box (no gradient), both / normalizer.
 """
 import numpy as np
 import torch
@@ -34,6 +37,12 @@ def sigmoid_focal_loss(logits, pos, normalizer, alpha=0.25, gamma=2.0):
     logits [B, N, C], pos: (batch_idx, query_idx, class) long tensors [P] -> scalar sum / normalizer.
     """
     target = torch.zeros_like(logits).index_put(pos, torch.ones_like(pos[0], dtype=logits.dtype))
+    return soft_focal_loss(logits, target, normalizer, alpha, gamma)
+
+
+def soft_focal_loss(logits, target, normalizer, alpha=0.25, gamma=2.0):
+    """Focal loss with targets in [0, 1] (RetinaNet's formula read with soft targets, as SAP-DETR's objectness).
+    logits, target [...] -> scalar sum / normalizer."""
     prob = logits.sigmoid()
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     p_t = prob * target + (1 - prob) * (1 - target)
@@ -76,11 +85,12 @@ class SetCriterion(SetCriterionBase, nn.Module):
         return numpy_rng()  # seeded from torch's global RNG
 
     @staticmethod
-    def _numpy(logits, boxes):
-        return logits.detach().float().cpu().numpy(), boxes.detach().float().cpu().numpy()
+    def _numpy(*tensors):
+        return tuple(t.detach().float().cpu().numpy() for t in tensors)
 
-    def _terms(self, layer, tgt, indices, normalizer, one_to_many=False, focal=False):
-        """Class, L1 and GIoU losses of one layer's outputs for per-image (query_idx, gt_idx) pairs."""
+    def _terms(self, layer, tgt, indices, normalizer, one_to_many=False, focal=False, delta_targets=None):
+        """Class, L1 and GIoU losses of one layer's outputs for per-image (query_idx, gt_idx) pairs; with
+        delta_targets (numpy [P, 4]) the L1 term is on layer["pred_deltas"]."""
         logits, boxes = layer["pred_logits"], layer["pred_boxes"]
         device = logits.device
         batch_np, query_np, gt_np = pair_arrays(indices, [len(t["labels"]) for t in tgt])
@@ -106,8 +116,29 @@ class SetCriterion(SetCriterionBase, nn.Module):
                 keep = torch.from_numpy(keep_best_duplicates(keys, t.cpu().numpy())).to(device)
             pos = (batch_idx[keep], query_idx[keep], labels[keep])
             loss_ce = ice_loss(logits, pos, t[keep], normalizer, self.focal_gamma)
-        l1 = F.l1_loss(src_boxes, tgt_boxes, reduction="none").sum(-1)
+        if delta_targets is not None:
+            deltas = layer["pred_deltas"][batch_idx, query_idx]
+            l1 = (deltas - torch.from_numpy(delta_targets).to(deltas)).abs().sum(-1)
+        elif self.l1_xyxy:
+            l1 = F.l1_loss(src_xyxy, tgt_xyxy, reduction="none").sum(-1)
+        else:
+            l1 = F.l1_loss(src_boxes, tgt_boxes, reduction="none").sum(-1)
         giou = 1 - elementwise_generalized_box_iou(src_xyxy, tgt_xyxy)
         if box_weight is not None:
             l1, giou = l1 * box_weight, giou * box_weight
-        return {"loss_ce": loss_ce, "loss_bbox": l1.sum() / normalizer, "loss_giou": giou.sum() / normalizer}
+        terms = {"loss_ce": loss_ce, "loss_bbox": l1.sum() / normalizer, "loss_giou": giou.sum() / normalizer}
+        if "pred_objs" in layer:
+            terms.update(self._sap_terms(layer, batch_idx, query_idx, src_xyxy, tgt_xyxy, normalizer))
+        return terms
+
+    def _sap_terms(self, layer, batch_idx, query_idx, src_xyxy, tgt_xyxy, normalizer):
+        """SAP-DETR's loss_obj and loss_inner (module docstring) at the pairs (batch_idx, query_idx) [P] of
+        boxes src_xyxy / tgt_xyxy [P, 4]."""
+        objs = layer["pred_objs"]
+        with torch.no_grad():
+            iou = elementwise_box_iou(src_xyxy, tgt_xyxy)[0]
+            point = layer["pred_points"][batch_idx, query_idx]
+            outside = ~((point >= tgt_xyxy[:, :2]) & (point <= tgt_xyxy[:, 2:])).all(-1)
+        target = torch.zeros_like(objs).index_put((batch_idx, query_idx), iou[:, None].to(objs.dtype))
+        return {"loss_obj": soft_focal_loss(objs, target, normalizer, self.focal_alpha, self.focal_gamma),
+                "loss_inner": outside.to(objs.dtype).sum() / normalizer}
