@@ -26,7 +26,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from common.box_ops import box_to_delta
+from common.box_ops import box_cxcywh_to_xyxy, box_to_delta
+from common.matching.hungarian import points_inside
 
 TERMS = ("loss_ce", "loss_bbox", "loss_giou")
 
@@ -46,8 +47,9 @@ class SetCriterionBase:
 
     matcher: common.matching.HungarianMatcher; assigner: common.matching.OneToManyAssigner or None (no DAC).
     A subclass provides `_terms(layer, tgt, indices, normalizer, one_to_many=False, focal=False,
-    delta_targets=None) -> {TERMS}` (delta_targets: numpy [P, 4] targets of layer["pred_deltas"] at the pairs, or
-    None: L1 on the boxes; with sap_terms also loss_obj and loss_inner), `_numpy(*tensors)` (detached float32 numpy
+    delta_targets=None, points_outside=0) -> {TERMS}` (delta_targets: numpy [P, 4] targets of layer["pred_deltas"]
+    at the pairs, or None: L1 on the boxes; with sap_terms also loss_obj and loss_inner = points_outside / normalizer,
+    points_outside being the count of matched points outside their GT box), `_numpy(*tensors)` (detached float32 numpy
     copies), `_targets(numpy_targets, like)` (targets as tensors on the device of tensor `like`),
     `_targets_to_numpy(targets)` and `_default_rng()`.
     """
@@ -149,14 +151,16 @@ class SetCriterionBase:
             objectness, points = self._numpy(layer["pred_objs"], layer["pred_points"])
         indices = self.matcher(*self._numpy(layer["pred_logits"], layer["pred_boxes"]), targets, reparam=reparam,
                                objectness=objectness, points=points)
-        delta_targets = None
+        batch, query, gt = pair_arrays(indices, [len(t["labels"]) for t in targets])
+        gt_boxes = np.concatenate([t["boxes"] for t in targets]).reshape(-1, 4)[gt].astype(np.float64)
+        delta_targets, points_outside = None, 0
         if reparam is not None:
-            batch, query, gt = pair_arrays(indices, [len(t["labels"]) for t in targets])
-            gt_boxes = np.concatenate([t["boxes"] for t in targets]).reshape(-1, 4)[gt].astype(np.float64)
             gt_pixels = gt_boxes * np.tile(image_size[batch], 2)
             delta_targets = box_to_delta(reparam[1][batch, query].astype(np.float64), gt_pixels)
+        if points is not None:  # the matcher's own inside test, at the matched pairs
+            points_outside = int((~points_inside(points[batch, query], box_cxcywh_to_xyxy(gt_boxes))).sum())
         return self._terms(loss_layer if loss_layer is not None else layer, tgt, indices, normalizer, focal=focal,
-                           delta_targets=delta_targets)
+                           delta_targets=delta_targets, points_outside=points_outside)
 
     def _layer_suffixes(self) -> List[str]:
         return [f"_{i}" for i in range(self.num_layers - 1)] + [""]

@@ -81,9 +81,10 @@ def unpack_batch(pred_logits, pred_boxes, targets, caller):
 
 
 def points_inside(points, boxes_xyxy):
-    """points [Q, 2] (x, y), boxes_xyxy [n, 4] -> bool [Q, n]: the point is inside the box or on its border."""
+    """points [..., 2] (x, y), boxes_xyxy [..., 4], broadcast against each other -> bool [...]: the point is inside
+    the box or on its border."""
     points = np.asarray(points, dtype=np.float64)
-    return ((points[:, None] >= boxes_xyxy[None, :, :2]) & (points[:, None] <= boxes_xyxy[None, :, 2:])).all(-1)
+    return ((points >= boxes_xyxy[..., :2]) & (points <= boxes_xyxy[..., 2:])).all(-1)
 
 
 class HungarianMatcher:
@@ -130,7 +131,7 @@ class HungarianMatcher:
             l1 = np.abs(pred_boxes[:, None, :] - gt_boxes[None, :, :]).sum(axis=-1)
         cost = self.cost_class * cls + self.cost_bbox * l1 - self.cost_giou * generalized_box_iou(pred_xyxy, gt_xyxy)
         if points is not None and self.cost_inner:
-            cost = cost + self.cost_inner * ~points_inside(points, gt_xyxy)
+            cost = cost + self.cost_inner * ~points_inside(points[:, None], gt_xyxy[None])
         return cost
 
     def __call__(self, pred_logits, pred_boxes, targets, reparam=None, objectness=None, points=None):

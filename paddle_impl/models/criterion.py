@@ -92,9 +92,11 @@ class SetCriterion(SetCriterionBase, nn.Layer):
     def _numpy(*tensors):
         return tuple(t.detach().astype("float32").numpy() for t in tensors)
 
-    def _terms(self, layer, tgt, indices, normalizer, one_to_many=False, focal=False, delta_targets=None):
+    def _terms(self, layer, tgt, indices, normalizer, one_to_many=False, focal=False, delta_targets=None,
+               points_outside=0):
         """Class, L1 and GIoU losses of one layer's outputs for per-image (query_idx, gt_idx) pairs; with
-        delta_targets (numpy [P, 4]) the L1 term is on layer["pred_deltas"]."""
+        delta_targets (numpy [P, 4]) the L1 term is on layer["pred_deltas"]; points_outside: SAP's loss_inner count
+        (common/set_criterion.py)."""
         logits, boxes = layer["pred_logits"], layer["pred_boxes"]
         place = logits.place
         batch_np, query_np, gt_np = pair_arrays(indices, [len(t["labels"]) for t in tgt])
@@ -134,18 +136,16 @@ class SetCriterion(SetCriterionBase, nn.Layer):
             l1, giou = l1 * box_weight, giou * box_weight
         terms = {"loss_ce": loss_ce, "loss_bbox": l1.sum() / normalizer, "loss_giou": giou.sum() / normalizer}
         if "pred_objs" in layer:
-            terms.update(self._sap_terms(layer, idx, src_xyxy, tgt_xyxy, normalizer))
+            terms.update(self._sap_terms(layer, idx, src_xyxy, tgt_xyxy, points_outside, normalizer))
         return terms
 
-    def _sap_terms(self, layer, idx, src_xyxy, tgt_xyxy, normalizer):
+    def _sap_terms(self, layer, idx, src_xyxy, tgt_xyxy, points_outside, normalizer):
         """SAP-DETR's loss_obj and loss_inner (module docstring) at the pairs idx[:2] = (batch_idx, query_idx)
-        [2, P] of boxes src_xyxy / tgt_xyxy [P, 4]."""
+        [2, P] of boxes src_xyxy / tgt_xyxy [P, 4], of which points_outside have their point outside the GT box."""
         objs = layer["pred_objs"]
         tgt_xyxy = tgt_xyxy.astype(src_xyxy.dtype)  # float32 targets of a float64 model: no silent promotion
         with paddle.no_grad():
             iou = elementwise_box_iou(src_xyxy, tgt_xyxy)[0]
-            point = paddle.gather_nd(layer["pred_points"], idx[:2].T)
-            inside = paddle.logical_and(point >= tgt_xyxy[:, :2], point <= tgt_xyxy[:, 2:]).all(-1)
         target = paddle.index_put(paddle.zeros_like(objs), (idx[0], idx[1]), iou[:, None].astype(objs.dtype))
         return {"loss_obj": soft_focal_loss(objs, target, normalizer, self.focal_alpha, self.focal_gamma),
-                "loss_inner": (1 - inside.astype(objs.dtype)).sum() / normalizer}
+                "loss_inner": paddle.full([], points_outside / normalizer, dtype=objs.dtype)}

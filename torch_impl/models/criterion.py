@@ -88,9 +88,11 @@ class SetCriterion(SetCriterionBase, nn.Module):
     def _numpy(*tensors):
         return tuple(t.detach().float().cpu().numpy() for t in tensors)
 
-    def _terms(self, layer, tgt, indices, normalizer, one_to_many=False, focal=False, delta_targets=None):
+    def _terms(self, layer, tgt, indices, normalizer, one_to_many=False, focal=False, delta_targets=None,
+               points_outside=0):
         """Class, L1 and GIoU losses of one layer's outputs for per-image (query_idx, gt_idx) pairs; with
-        delta_targets (numpy [P, 4]) the L1 term is on layer["pred_deltas"]."""
+        delta_targets (numpy [P, 4]) the L1 term is on layer["pred_deltas"]; points_outside: SAP's loss_inner count
+        (common/set_criterion.py)."""
         logits, boxes = layer["pred_logits"], layer["pred_boxes"]
         device = logits.device
         batch_np, query_np, gt_np = pair_arrays(indices, [len(t["labels"]) for t in tgt])
@@ -128,17 +130,15 @@ class SetCriterion(SetCriterionBase, nn.Module):
             l1, giou = l1 * box_weight, giou * box_weight
         terms = {"loss_ce": loss_ce, "loss_bbox": l1.sum() / normalizer, "loss_giou": giou.sum() / normalizer}
         if "pred_objs" in layer:
-            terms.update(self._sap_terms(layer, batch_idx, query_idx, src_xyxy, tgt_xyxy, normalizer))
+            terms.update(self._sap_terms(layer, batch_idx, query_idx, src_xyxy, tgt_xyxy, points_outside, normalizer))
         return terms
 
-    def _sap_terms(self, layer, batch_idx, query_idx, src_xyxy, tgt_xyxy, normalizer):
+    def _sap_terms(self, layer, batch_idx, query_idx, src_xyxy, tgt_xyxy, points_outside, normalizer):
         """SAP-DETR's loss_obj and loss_inner (module docstring) at the pairs (batch_idx, query_idx) [P] of
-        boxes src_xyxy / tgt_xyxy [P, 4]."""
+        boxes src_xyxy / tgt_xyxy [P, 4], of which points_outside have their point outside the GT box."""
         objs = layer["pred_objs"]
         with torch.no_grad():
             iou = elementwise_box_iou(src_xyxy, tgt_xyxy)[0]
-            point = layer["pred_points"][batch_idx, query_idx]
-            outside = ~((point >= tgt_xyxy[:, :2]) & (point <= tgt_xyxy[:, 2:])).all(-1)
         target = torch.zeros_like(objs).index_put((batch_idx, query_idx), iou[:, None].to(objs.dtype))
         return {"loss_obj": soft_focal_loss(objs, target, normalizer, self.focal_alpha, self.focal_gamma),
-                "loss_inner": outside.to(objs.dtype).sum() / normalizer}
+                "loss_inner": torch.tensor(points_outside / normalizer, dtype=objs.dtype, device=objs.device)}
