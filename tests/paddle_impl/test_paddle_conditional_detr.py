@@ -14,6 +14,7 @@ from paddle_impl.models.backbone import Backbone, ResNet, load_pretrained
 from paddle_impl.models.conditional_transformer import ConditionalDecoderLayer, ConditionalTransformer
 from paddle_impl.models.position_encoding import PositionEmbeddingSine, sine_embedding
 from tests.conditional_detr_case import IMAGES, MASKS, TARGETS, decoder_layer, layer_inputs, model_cfg
+from tests.paddle_impl.training_checks import loss_before_and_after_one_step, params_without_gradient
 
 
 def tiny(**overrides):
@@ -43,6 +44,16 @@ def test_outputs_and_loss_terms():
         results = post(model(paddle.to_tensor(IMAGES), paddle.to_tensor(MASKS)),
                        paddle.to_tensor([[480, 640], [300, 200]]))
     assert results[0]["boxes"].shape == [20, 4]
+
+
+def test_every_trainable_parameter_gets_gradient():
+    """As in the torch tests: only layer 0's self-attention content weights never get one (the decoder's input is
+    0), and at step 0 the box head's first layers (its last layer starts at 0)."""
+    model, criterion, _ = tiny()
+    no_grad = params_without_gradient(model, lambda: sum(_loss(model, criterion)[1].values()))
+    dead = [f"transformer.decoder.layers.0.{n}.weight" for n in ("sa_qcontent_proj", "sa_kcontent_proj", "sa_v_proj")]
+    assert no_grad[0] == dead + [f"bbox_embed.layers.{j}.{w}" for j in (0, 1) for w in ("weight", "bias")]
+    assert no_grad[1] == dead
 
 
 def test_state_dict_mirrors_torch():
@@ -143,16 +154,8 @@ def test_padding_is_ignored():
 
 def test_one_step_lowers_the_loss():
     model, criterion, _ = tiny()
-    model.train()
-    opt = paddle.optimizer.AdamW(learning_rate=1e-4, parameters=[p for p in model.parameters() if not p.stop_gradient],
-                                 weight_decay=0.0)
-    _, losses = _loss(model, criterion)
-    before = paddle.add_n(list(losses.values()))
-    before.backward()
-    opt.step()
-    opt.clear_grad()
-    _, after = _loss(model, criterion)
-    assert paddle.add_n(list(after.values())).item() < before.item() - 0.1
+    before, after = loss_before_and_after_one_step(model, lambda: sum(_loss(model, criterion)[1].values()), lr=1e-4)
+    assert after < before - 0.1, (before, after)
 
 
 def test_c4_backbone_loads_torchvision_weights(tmp_path):

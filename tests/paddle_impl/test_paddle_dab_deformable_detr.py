@@ -13,6 +13,7 @@ from convert.frameworks import paddle_linear_weights
 from paddle_impl.models import build_model
 from tests.dab_deformable_detr_case import (IMAGES, MASKS, NO_GT, ONE_EMPTY, TARGETS, check_queries, expected_dn,
                                             model_cfg, query_pos)
+from tests.paddle_impl.training_checks import loss_before_and_after_one_step
 
 
 def tiny(dn=False, double=False):
@@ -182,14 +183,9 @@ def test_label_enc_gradients():
 @pytest.mark.parametrize("dn", [False, True], ids=["dab", "dn"])
 def test_one_step_lowers_the_loss(dn):
     model, criterion, _ = tiny(dn)
-    opt = paddle.optimizer.AdamW(learning_rate=1e-4, parameters=[p for p in model.parameters() if not p.stop_gradient],
-                                 weight_decay=0.0)
-    before = paddle.add_n(list(criterion(_run(model), TARGETS, 3.0).values()))
-    before.backward()
-    opt.step()
-    opt.clear_grad()
-    after = paddle.add_n(list(criterion(_run(model), TARGETS, 3.0).values()))
-    assert after.item() < before.item() - 0.1, (before.item(), after.item())
+    before, after = loss_before_and_after_one_step(model, lambda: sum(criterion(_run(model), TARGETS, 3.0).values()),
+                                                   lr=1e-4)
+    assert after < before - 0.1, (before, after)
 
 
 def test_inference_postprocess_and_targets():

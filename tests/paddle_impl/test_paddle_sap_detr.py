@@ -10,6 +10,7 @@ from paddle_impl.models import build_model
 from paddle_impl.models.dac_detr import MLP
 from paddle_impl.models.sap_detr import grid_corners
 from paddle_impl.models.sap_transformer import SAPTransformer
+from tests.paddle_impl.training_checks import loss_before_and_after_one_step, params_without_gradient
 from tests.sap_detr_case import GRID, IMAGES, MASKS, TARGETS, decoder, decoder_inputs, model_cfg
 
 Q = GRID[0] * GRID[1]
@@ -77,16 +78,7 @@ def test_every_trainable_parameter_gets_gradient():
     """As in the torch tests (first sides of 0.05, so that the points get gradient)."""
     model, criterion, _ = tiny()
     model.refbbox_embed.weight.set_value(paddle.full(model.refbbox_embed.weight.shape, float(np.log(0.05 / 0.95))))
-    model.train()
-    opt = paddle.optimizer.AdamW(learning_rate=1e-3, parameters=[p for p in model.parameters() if not p.stop_gradient])
-    no_grad = []
-    for _ in range(2):
-        _, losses = _loss(model, criterion)
-        opt.clear_grad()
-        sum(losses.values()).backward()
-        no_grad.append([n for n, p in model.named_parameters()
-                        if not p.stop_gradient and (p.grad is None or not p.grad.numpy().any())])
-        opt.step()
+    no_grad = params_without_gradient(model, lambda: sum(_loss(model, criterion)[1].values()))
     heads = [f"{h}.{i}.layers.{j}.{w}" for i in range(3) for h in ("bbox_embed", "point_embed") for j in (0, 1)
              for w in ("weight", "bias")]
     assert sorted(no_grad[0]) == sorted(heads)
@@ -161,13 +153,5 @@ def test_conv_init_content_is_sampled_at_the_grid_points():
 
 def test_one_step_lowers_the_loss():
     model, criterion, _ = tiny()
-    model.train()
-    opt = paddle.optimizer.AdamW(learning_rate=1e-3, weight_decay=0.0,
-                                 parameters=[p for p in model.parameters() if not p.stop_gradient])
-    _, losses = _loss(model, criterion)
-    before = sum(losses.values())
-    opt.clear_grad()
-    before.backward()
-    opt.step()
-    _, after = _loss(model, criterion)
-    assert sum(after.values()).item() < before.item() - 0.1, (before.item(), sum(after.values()).item())
+    before, after = loss_before_and_after_one_step(model, lambda: sum(_loss(model, criterion)[1].values()), lr=1e-3)
+    assert after < before - 0.1, (before, after)

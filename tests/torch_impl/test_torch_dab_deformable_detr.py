@@ -11,6 +11,7 @@ import torch
 from common import model_args as A
 from tests.dab_deformable_detr_case import (IMAGES, MASKS, NO_GT, ONE_EMPTY, TARGETS, check_queries, expected_dn,
                                             model_cfg, query_pos)
+from tests.torch_impl.training_checks import loss_before_and_after_one_step
 from torch_impl.models import build_model
 
 
@@ -183,13 +184,9 @@ def test_label_enc_gradients():
 @pytest.mark.parametrize("dn", [False, True], ids=["dab", "dn"])
 def test_one_step_lowers_the_loss(dn):
     model, criterion, _ = tiny(dn)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0)
-    before = sum(criterion(_run(model), TARGETS, 3.0).values())
-    opt.zero_grad()
-    before.backward()
-    opt.step()
-    after = sum(criterion(_run(model), TARGETS, 3.0).values())
-    assert after.item() < before.item() - 0.1, (before.item(), after.item())
+    before, after = loss_before_and_after_one_step(model, lambda: sum(criterion(_run(model), TARGETS, 3.0).values()),
+                                                   lr=1e-4)
+    assert after < before - 0.1, (before, after)
 
 
 def test_inference_postprocess_and_targets():

@@ -8,6 +8,7 @@ import torch
 
 from common import model_args as A
 from tests.dab_detr_case import IMAGES, MASKS, TARGETS, decoder, decoder_inputs, model_cfg
+from tests.torch_impl.training_checks import loss_before_and_after_one_step, params_without_gradient
 from torch_impl.models import build_model
 from torch_impl.models.dab_transformer import DABTransformer
 from torch_impl.models.position_encoding import anchor_code
@@ -65,16 +66,7 @@ def test_parameter_layout():
 
 def test_every_trainable_parameter_gets_gradient():
     model, criterion, _ = tiny()
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    no_grad = []
-    for _ in range(2):
-        _, losses = _loss(model, criterion)
-        opt.zero_grad()
-        sum(losses.values()).backward()
-        no_grad.append([n for n, p in model.named_parameters()
-                        if p.requires_grad and (p.grad is None or not p.grad.any())])
-        opt.step()
+    no_grad = params_without_gradient(model, lambda: sum(_loss(model, criterion)[1].values()))
     # Layer 0's self-attention content projections see the decoder's zero input: their weights never get a
     # gradient (as in the release: only their biases act). Step 0 only: the box head's last layer starts at 0
     # (release init), so its first layers get no gradient yet.
@@ -166,15 +158,8 @@ def test_padding_is_ignored():
 
 def test_one_step_lowers_the_loss():
     model, criterion, _ = tiny()
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0)
-    _, losses = _loss(model, criterion)
-    before = sum(losses.values())
-    opt.zero_grad()
-    before.backward()
-    opt.step()
-    _, after = _loss(model, criterion)
-    assert sum(after.values()).item() < before.item() - 0.1, (before.item(), sum(after.values()).item())
+    before, after = loss_before_and_after_one_step(model, lambda: sum(_loss(model, criterion)[1].values()), lr=1e-4)
+    assert after < before - 0.1, (before, after)
 
 
 def test_arch_switch_rejects_keys_that_do_not_apply():

@@ -11,6 +11,7 @@ import torch
 from common import model_args as A
 from common.set_criterion import pair_arrays
 from tests.sap_detr_case import GRID, IMAGES, MASKS, TARGETS, decoder, decoder_inputs, model_cfg
+from tests.torch_impl.training_checks import loss_before_and_after_one_step, params_without_gradient
 from torch_impl.models import build_model
 from torch_impl.models.dac_detr import MLP
 from torch_impl.models.sap_detr import grid_corners
@@ -103,16 +104,7 @@ def test_every_trainable_parameter_gets_gradient():
     model, criterion, _ = tiny()
     with torch.no_grad():
         model.refbbox_embed.weight.fill_(torch.logit(torch.tensor(0.05)).item())
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    no_grad = []
-    for _ in range(2):
-        _, losses = _loss(model, criterion)
-        opt.zero_grad()
-        sum(losses.values()).backward()
-        no_grad.append([n for n, p in model.named_parameters()
-                        if p.requires_grad and (p.grad is None or not p.grad.any())])
-        opt.step()
+    no_grad = params_without_gradient(model, lambda: sum(_loss(model, criterion)[1].values()))
     # Step 0: the box and point heads' last layers start at 0 (release init), so their first layers get no
     # gradient yet.
     heads = [f"{h}.{i}.layers.{j}.{w}" for i in range(3) for h in ("bbox_embed", "point_embed") for j in (0, 1)
@@ -224,15 +216,8 @@ def test_sap_terms_from_their_definition():
 
 def test_one_step_lowers_the_loss():
     model, criterion, _ = tiny()
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0)
-    _, losses = _loss(model, criterion)
-    before = sum(losses.values())
-    opt.zero_grad()
-    before.backward()
-    opt.step()
-    _, after = _loss(model, criterion)
-    assert sum(after.values()).item() < before.item() - 0.1, (before.item(), sum(after.values()).item())
+    before, after = loss_before_and_after_one_step(model, lambda: sum(_loss(model, criterion)[1].values()), lr=1e-3)
+    assert after < before - 0.1, (before, after)
 
 
 def test_config_checks():
