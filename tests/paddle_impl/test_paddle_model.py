@@ -18,6 +18,7 @@ from paddle_impl.models import build_model
 from paddle_impl.models.backbone import Backbone
 from paddle_impl.models.dac_detr import DACDETR
 from paddle_impl.models.deformable_transformer import DeformableTransformer
+from tests.paddle_impl.training_checks import loss_before_and_after_one_step
 from torch_impl.models import attention as pt_attention
 from torch_impl.models import backbone as pt_backbone
 from torch_impl.models import dac_detr as pt_detr
@@ -377,15 +378,8 @@ def test_every_trainable_parameter_gets_gradient():
 
 def test_one_step_reduces_the_loss():
     model, criterion, _ = tiny_with_loss()
-    model.train()
-    opt = _adamw(model)
-    _, losses = _loss(model, criterion)
-    before = paddle.add_n(list(losses.values()))
-    before.backward()
-    opt.step()
-    opt.clear_grad()
-    _, after = _loss(model, criterion)
-    assert paddle.add_n(list(after.values())).item() < before.item() - 0.5
+    before, after = loss_before_and_after_one_step(model, lambda: sum(_loss(model, criterion)[1].values()), lr=1e-3)
+    assert after < before - 0.5, (before, after)
 
 
 def test_overfit_tiny_batch():

@@ -5,7 +5,7 @@ import torch
 
 from common.config.fields import Field
 from common.config.model_schema import MODEL
-from tests.torch_impl.training_checks import params_without_gradient
+from tests.torch_impl.training_checks import loss_before_and_after_one_step, params_without_gradient
 from torch_impl.models import build_model
 
 
@@ -109,15 +109,8 @@ def test_one_to_many_branch_gets_gradient_and_skips_self_attention():
 
 def test_one_step_reduces_the_loss():
     model, criterion, _ = tiny()
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0)
-    _, losses = _loss(model, criterion)
-    before = sum(losses.values())
-    opt.zero_grad()
-    before.backward()
-    opt.step()
-    _, after = _loss(model, criterion)
-    assert sum(after.values()).item() < before.item() - 0.5
+    before, after = loss_before_and_after_one_step(model, lambda: sum(_loss(model, criterion)[1].values()), lr=1e-3)
+    assert after < before - 0.5, (before, after)
 
 
 def test_overfit_tiny_batch():
