@@ -1,13 +1,17 @@
 """The DAC effect on the demo data: dac_cdn vs dino vs deformable_detr at equal iterations, several seeds.
 
     python -m tools.dac_effect [--framework torch] [--epochs 2] [--seeds 0 1 2] [--parallel 2] [--out DIR]
+                               [--nms-iou 0.8]
 
 Each run is `configs/demo.yml` with one switch changed (the three variants differ by one idea each, see
 common/config/model_schema.py), trained by `common.launch` in its own process (`--parallel` at a time, one
 thread each), evaluated after every epoch. Writes into DIR (default output/dac_effect): the runs' output dirs,
 `summary.md` (mean and spread of bbox AP / AP50 per variant and epoch) and `convergence.png` (the one-to-one
 box losses of the last decoder layer, the terms every variant has, and AP per epoch). Runs already finished in
-DIR (their eval.json written) are reused, so an interrupted study picks up where it stopped.
+DIR (their eval.json written) are reused, so an interrupted study picks up where it stopped. With --nms-iou, each
+run's last checkpoint is also evaluated with class-wise NMS at that IoU (`test.sh` with
+model.postprocess.nms_iou, into RUN/nms/), and the table gains that column: one-to-many training (the C-decoder's)
+can leave duplicates, which is why the release evaluates with NMS at 0.8.
 """
 import argparse
 import json
@@ -25,6 +29,7 @@ VARIANTS = {  # name -> overrides of configs/demo.yml (a dac_cdn model)
     "deformable_detr": ["model.dac.enabled=false", "model.dn.enabled=false"],
 }
 ONE_TO_ONE = ("loss_bbox", "loss_giou")  # last O-decoder layer, Hungarian-matched: present in every variant
+CHECKPOINT_SUFFIX = {"torch": ".pth", "paddle": ".pdparams"}
 
 
 def run_dir(out, variant, seed):
@@ -46,6 +51,29 @@ def train(args, variant, seed):
     return variant, seed, code
 
 
+def evaluate_nms(args, variant, seed):
+    """Evaluates a finished run's last checkpoint with NMS unless RUN/nms/eval.json exists -> (variant, seed, code)."""
+    directory = run_dir(args.out, variant, seed)
+    if os.path.isfile(os.path.join(directory, "nms", "eval.json")):
+        return variant, seed, 0
+    command = [sys.executable, "-m", "common.launch", "test", "--framework", args.framework, "-c", args.config,
+               "--resume", os.path.join(directory, "checkpoint_last" + CHECKPOINT_SUFFIX[args.framework]),
+               "-o", f"output_dir={os.path.join(directory, 'nms')}", f"model.postprocess.nms_iou={args.nms_iou}",
+               f"data.num_workers={args.workers}", *VARIANTS[variant], *args.opt]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    with open(os.path.join(directory, "stdout_nms.txt"), "w") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return variant, seed, code
+
+
+def run_all(args, step, jobs, desc):
+    """step(args, variant, seed) for every job, args.parallel at a time -> the failed (variant, seed, code)."""
+    with ThreadPoolExecutor(args.parallel) as pool:
+        futures = [pool.submit(step, args, variant, seed) for variant, seed in jobs]
+        results = (f.result() for f in tqdm(as_completed(futures), total=len(futures), desc=desc))
+        return [(v, s, c) for v, s, c in results if c != 0]
+
+
 def read_metrics(directory):
     """(train records, eval records) of a run's metrics.jsonl."""
     with open(os.path.join(directory, "metrics.jsonl")) as f:
@@ -65,17 +93,36 @@ def summarize(args):
             "iters": np.array([r["iteration"] for r in runs[0][0][:n]]),
             "loss": np.array([[sum(r[k] for k in ONE_TO_ONE) for r in train_recs[:n]] for train_recs, _ in runs]),
         }
+        if args.nms_iou is not None:
+            evals = [read_eval(os.path.join(run_dir(args.out, variant, seed), "nms")) for seed in args.seeds]
+            result[variant]["ap_nms"] = np.array([e["bbox_AP"] for e in evals])
+            result[variant]["ap50_nms"] = np.array([e["bbox_AP50"] for e in evals])
     return result
 
 
+def read_eval(directory):
+    with open(os.path.join(directory, "eval.json")) as f:
+        return json.load(f)
+
+
 def write_table(result, args):
+    nms = args.nms_iou is not None
     lines = [f"Demo data, `configs/demo.yml` variants, {args.framework}, seeds {args.seeds}: bbox AP / AP50 after "
-             "each epoch (mean +- std over seeds).", "",
-             "| variant | " + " | ".join(f"epoch {e + 1} AP | AP50" for e in range(args.epochs)) + " |",
-             "| --- |" + " --- | --- |" * args.epochs]
+             "each epoch (mean +- std over seeds, then each seed's AP)"
+             + (f"; last, the final checkpoint evaluated with class-wise NMS at IoU {args.nms_iou}" if nms else "")
+             + ".", "",
+             "| variant | " + " | ".join(f"epoch {e + 1} AP | AP50" for e in range(args.epochs))
+             + (" | with NMS: AP | AP50" if nms else "") + " |",
+             "| --- |" + " --- | --- |" * (args.epochs + nms)]
+
+    def cell(ap, ap50):
+        seeds = ", ".join(f"{a:.3f}" for a in ap)
+        return f"{ap.mean():.3f} +- {ap.std():.3f} ({seeds}) | {ap50.mean():.3f}"
+
     for variant, r in result.items():
-        cells = [f"{r['ap'][:, e].mean():.3f} +- {r['ap'][:, e].std():.3f} | {r['ap50'][:, e].mean():.3f}"
-                 for e in range(args.epochs)]
+        cells = [cell(r["ap"][:, e], r["ap50"][:, e]) for e in range(args.epochs)]
+        if nms:
+            cells.append(cell(r["ap_nms"], r["ap50_nms"]))
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "summary.md"), "w") as f:
@@ -116,17 +163,19 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="OMP threads per run")
     p.add_argument("--workers", type=int, default=1, help="data loader workers per run")
     p.add_argument("--out", default="output/dac_effect")
+    p.add_argument("--nms-iou", type=float, default=None,
+                   help="also evaluate each run's last checkpoint with class-wise NMS at this IoU")
     p.add_argument("-o", "--opt", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="overrides for every run")
     args = p.parse_args(argv)
     jobs = [(variant, seed) for seed in args.seeds for variant in VARIANTS]
-    with ThreadPoolExecutor(args.parallel) as pool:
-        futures = [pool.submit(train, args, variant, seed) for variant, seed in jobs]
-        failed = [(v, s, c) for v, s, c in (f.result() for f in tqdm(as_completed(futures), total=len(futures), desc="runs")) if c != 0]
+    failed = run_all(args, train, jobs, "runs")
+    if not failed and args.nms_iou is not None:
+        failed = [(v, s, c, "stdout_nms.txt") for v, s, c in run_all(args, evaluate_nms, jobs, "NMS evaluations")]
     if failed:
-        for variant, seed, code in failed:
+        for variant, seed, code, *log in failed:
             print(f"dac_effect: {variant} seed {seed} failed (exit {code}); see "
-                  f"{run_dir(args.out, variant, seed)}/stdout.txt", file=sys.stderr)
+                  f"{run_dir(args.out, variant, seed)}/{log[0] if log else 'stdout.txt'}", file=sys.stderr)
         return 1
     result = summarize(args)
     write_table(result, args)
