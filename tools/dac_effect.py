@@ -141,10 +141,15 @@ def plot(result, args):
         line, = ax_loss.plot(r["iters"], mean, label=variant)
         ax_loss.fill_between(r["iters"], mean - std, mean + std, color=line.get_color(), alpha=0.2)
         epochs = np.arange(1, r["ap"].shape[1] + 1)
-        ax_ap.errorbar(epochs, r["ap"].mean(0), yerr=r["ap"].std(0), marker="o", capsize=3, label=variant)
+        ax_ap.errorbar(epochs, r["ap"].mean(0), yerr=r["ap"].std(0), marker="o", capsize=3, color=line.get_color(),
+                       label=variant)
+        if "ap_nms" in r:  # the last epoch's checkpoint with NMS, just right of it
+            ax_ap.errorbar([epochs[-1] + 0.15], [r["ap_nms"].mean()], yerr=[r["ap_nms"].std()], marker="s",
+                           capsize=3, color=line.get_color(), label=f"{variant}, NMS {args.nms_iou}")
     ax_loss.set(xlabel="iteration", ylabel=" + ".join(ONE_TO_ONE) + " (last layer, smoothed)",
                 title="one-to-one box losses")
-    ax_ap.set(xlabel="epoch", ylabel="val bbox AP", title="validation AP", xticks=np.arange(1, args.epochs + 1))
+    ax_ap.set(xlabel="epoch", ylabel="val bbox AP", title="validation AP", xticks=np.arange(1, args.epochs + 1),
+              xlim=(0.5, args.epochs + 0.5))
     for ax in (ax_loss, ax_ap):
         ax.grid(alpha=0.3)
         ax.legend()
