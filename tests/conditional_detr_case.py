@@ -33,6 +33,14 @@ TARGETS = [{"labels": np.array([1, 3]), "boxes": np.array([[0.5, 0.5, 0.2, 0.3],
            {"labels": np.array([2]), "boxes": np.array([[0.4, 0.5, 0.3, 0.3]], np.float32)}]
 
 
+
+def params_without_gradient_expected():
+    """([names] at training step 0, [names] at step 1) of a Conditional / DAB-DETR model's parameters that get no
+    gradient: layer 0's self-attention content weights never (the decoder's input is 0; as released, only their
+    biases act), and at step 0 the box head's first layers (its last layer starts at 0, release init)."""
+    dead = [f"transformer.decoder.layers.0.{n}.weight" for n in ("sa_qcontent_proj", "sa_kcontent_proj", "sa_v_proj")]
+    return dead + [f"bbox_embed.layers.{j}.{w}" for j in (0, 1) for w in ("weight", "bias")], dead
+
 def _linear(w, name, x):
     return x @ w[f"{name}.weight"].T + w[f"{name}.bias"]
 
@@ -49,8 +57,8 @@ def _softmax(x):
 
 def decoder_layer(w, nhead, tgt, memory, pos, query_pos, query_sine, memory_mask, first):
     """One conditional decoder layer, post-norm, no dropout, ReLU or (with `activation.weight` in w) PReLU in the
-    FFN. w: the layer's state dict as float64 numpy in torch's layout (Linear weights [out, in]); tgt, query_pos, query_sine [B, Q, D]; memory, pos [B, S, D]; memory_mask
-    bool [B, S] True = padded -> [B, Q, D]."""
+    FFN. w: the layer's state dict as float64 numpy in torch's layout (Linear weights [out, in]); tgt, query_pos,
+    query_sine [B, Q, D]; memory, pos [B, S, D]; memory_mask bool [B, S] True = padded -> [B, Q, D]."""
     b_size, q_size, d = tgt.shape
     dh = d // nhead
     heads = [slice(h * dh, (h + 1) * dh) for h in range(nhead)]

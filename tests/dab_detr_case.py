@@ -5,7 +5,8 @@ decoder_layer, which writes the content and spatial dot products separately)."""
 import numpy as np
 
 from common.config.model_schema import MODEL
-from tests.conditional_detr_case import IMAGES, MASKS, TARGETS, _layer_norm, _linear, decoder_layer, fill  # noqa: F401
+from tests.conditional_detr_case import (  # noqa: F401 (the batch and expectations are re-exported)
+    IMAGES, MASKS, TARGETS, _layer_norm, _linear, decoder_layer, fill, params_without_gradient_expected)
 
 
 def model_cfg(**overrides):
