@@ -14,6 +14,7 @@ import paddle
 
 from common.deploy.infer_cfg import build_infer_cfg, load_model_config, read_infer_cfg
 from common.errors import UserError
+from common.model_args import postprocess_args
 from paddle_impl import CPU_THREADS
 from paddle_impl.checkpoint import load_weights
 from paddle_impl.models.build import build_model
@@ -29,7 +30,7 @@ def load_deploy_model(config: str, weights: str, overrides: Sequence[str] = (), 
     cfg, names = load_model_config(config, overrides, export=export)
     model = build_model(cfg)[0]
     load_weights(model, weights)
-    deploy_model = DeployModel(model, cfg.model.postprocess.num_select)
+    deploy_model = DeployModel(model, **postprocess_args(cfg.model))
     deploy_model.eval()
     return deploy_model, cfg, names
 

@@ -43,7 +43,8 @@ def train(args, variant, seed):
         return variant, seed, 0
     command = [sys.executable, "-m", "common.launch", "train", "--framework", args.framework, "-c", args.config,
                "-o", f"output_dir={directory}", f"train.seed={seed}", f"train.epochs={args.epochs}",
-               "train.eval_interval=1", f"data.num_workers={args.workers}", *VARIANTS[variant], *args.opt]
+               "train.eval_interval=1", f"data.num_workers={args.workers}", "model.postprocess.nms_iou=null",
+               *VARIANTS[variant], *args.opt]  # per-epoch evaluation without NMS; --nms-iou adds it at the end
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "stdout.txt"), "w") as log:

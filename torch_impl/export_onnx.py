@@ -3,7 +3,8 @@
 dynamic; infer_cfg.yml's content goes into the file's metadata (key `infer_cfg`) for torch_impl.infer.
 
 torch.onnx's dynamo exporter (torch.export, then onnxscript): the TorchScript exporter traces with concrete
-sizes, which would freeze every feature-map size of the traced image into the graph.
+sizes, which would freeze every feature-map size of the traced image into the graph. The deploy program's one
+custom op, NMS (models/deploy.nms_keep), is written as ONNX NonMaxSuppression (nms_keep_onnx).
 """
 import argparse
 import logging
@@ -15,9 +16,28 @@ import torch
 from common.config import ConfigError
 from common.deploy.infer_cfg import DRAW_THRESHOLD, build_infer_cfg, dump_infer_cfg
 from common.errors import UserError
+from torch_impl.models.deploy import nms_keep
 from torch_impl.predictor import INFER_CFG_KEY, INPUTS, load_deploy_model
 
 OPSET = 18
+
+
+def nms_keep_onnx(boxes, scores, iou_threshold: float, max_keep: int):
+    """models/deploy.nms_keep in ONNX: NonMaxSuppression with each image a batch entry and one class
+    (onnxruntime's rule is the same: IoU > threshold suppresses, zero-area boxes never do)."""
+    from onnx import TensorProto, helper
+    from onnxscript import opset18 as op
+
+    # selected [N, 3] rows (image, class 0, box index), at most max_keep per image, best first
+    selected = op.NonMaxSuppression(boxes, op.Unsqueeze(scores, [1]), op.Constant(value_ints=[max_keep]),
+                                    op.Constant(value_floats=[iou_threshold]))
+    none = op.ConstantOfShape(op.Shape(scores), value=helper.make_tensor("false", TensorProto.BOOL, [1], [False]))
+    kept = op.ConstantOfShape(op.Shape(selected, end=1), value=helper.make_tensor("true", TensorProto.BOOL, [1],
+                                                                                  [True]))
+    return op.ScatterND(none, op.Gather(selected, op.Constant(value_ints=[0, 2]), axis=1), kept)
+
+
+TRANSLATIONS = {nms_keep._opoverload: nms_keep_onnx}
 
 
 def example_inputs(size: int = 256):
@@ -37,7 +57,8 @@ def export_onnx(deploy_model, infer_cfg, output: str, opset: int = OPSET) -> Non
     program = torch.onnx.export(
         deploy_model, example_inputs(), dynamo=True, verbose=False, opset_version=opset, input_names=list(INPUTS),
         output_names=["bbox", "bbox_num"], dynamic_shapes={"image": {0: dyn, 2: dyn, 3: dyn},
-                                                           "im_shape": batch_only, "scale_factor": batch_only})
+                                                           "im_shape": batch_only, "scale_factor": batch_only},
+        custom_translation_table=TRANSLATIONS)
     proto = program.model_proto
     onnx.helper.set_model_props(proto, {INFER_CFG_KEY: dump_infer_cfg(infer_cfg)})
     onnx.checker.check_model(proto, full_check=True)

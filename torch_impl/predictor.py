@@ -10,6 +10,7 @@ import torch
 
 from common.deploy.infer_cfg import build_infer_cfg, load_model_config, parse_infer_cfg
 from common.errors import UserError
+from common.model_args import postprocess_args
 from torch_impl.checkpoint import load_weights
 from torch_impl.models.build import build_model
 from torch_impl.models.deploy import DeployModel
@@ -24,7 +25,7 @@ def load_deploy_model(config: str, weights: str, overrides: Sequence[str] = (), 
     cfg, names = load_model_config(config, overrides, export=export)
     model = build_model(cfg)[0]
     load_weights(model, weights)
-    return DeployModel(model, cfg.model.postprocess.num_select).eval(), cfg, names
+    return DeployModel(model, **postprocess_args(cfg.model)).eval(), cfg, names
 
 
 class EagerPredictor:

@@ -43,8 +43,6 @@ def load_model_config(path: str, overrides: Sequence[str] = (), export: bool = F
     cfg = load_config(path, list(overrides) + ["model.backbone.pretrained=null"])
     if export and "deform_attn_backend" not in model_args.NOT_APPLICABLE[cfg.model.arch]:
         cfg.model["deform_attn_backend"] = "reference"
-    if cfg.model.postprocess.nms_iou is not None:
-        raise UserError("the deploy program has no NMS; use -o model.postprocess.nms_iou=null")
     names = class_names(cfg)
     if cfg.model.num_classes is None:
         cfg.model["num_classes"] = len(names)

@@ -1,6 +1,6 @@
 """Paddle deployment: the PaddleDetection-format export (program, parameters, infer_cfg.yml) run by
 paddle.inference (oneDNN off) against the dynamic graph, the deploy program against the evaluation's PostProcess,
-the infer command.
+its NMS (multiclass_nms3 in the program) against the definition, the infer command.
 
 Tolerances: boxes 1e-3 px, scores 1e-4, labels and counts equal (the issue's parity bar; measured exact).
 """
@@ -21,8 +21,10 @@ from common.deploy.preprocess import make_batch, preprocess
 from paddle_impl import export
 from paddle_impl.checkpoint import save_checkpoint
 from paddle_impl.models.build import build_model
+from paddle_impl.models.deploy import nms_detections
 from paddle_impl.predictor import EagerPredictor, Predictor, load_deploy_model
 from tests.conftest import ROOT, child_env
+from tests.nms_case import NUM_SELECT, PRE_NMS_TOPK, check_against_definition
 
 DEMO = os.path.join(ROOT, "configs", "demo.yml")
 
@@ -67,6 +69,8 @@ def assert_same_detections(got, expected):
 def test_export_folder(exported, tiny):
     folder = exported[2]
     assert sorted(os.listdir(folder)) == ["infer_cfg.yml", "model.json", "model.pdiparams"]  # PIR program
+    with open(os.path.join(folder, "model.json"), encoding="utf-8") as f:
+        assert "multiclass_nms3" in f.read()  # demo.yml evaluates with NMS
     predictor = Predictor(folder, onednn=False)
     cfg, names = load_model_config(DEMO, tiny)
     assert predictor.infer_cfg == build_infer_cfg(cfg, names)
@@ -83,7 +87,7 @@ def test_predictor_matches_dynamic_graph(exported, val_images):
     for images in ([a], [b], [a, b]):  # two sizes, then both padded into one batch of 2
         inputs = make_batch([preprocess(im, ops) for im in images], ops)
         bbox, num = predictor(inputs)
-        assert bbox.shape == (len(images) * num[0], 6) and num.dtype == np.int32
+        assert bbox.shape == (num.sum(), 6) and num.shape == (len(images),) and num.dtype == np.int32
         assert_same_detections((bbox, num), eager(inputs))
 
 
@@ -107,6 +111,43 @@ def test_deploy_program_equals_postprocess(exported, val_images):
         np.testing.assert_allclose(g["boxes"], e["boxes"].numpy(), rtol=0, atol=1e-4)
 
 
+class NmsProgram(paddle.nn.Layer):
+    """The deploy program's last step alone: (logits, boxes, orig_sizes) -> (bbox, bbox_num), with NMS."""
+
+    def __init__(self, nms_iou):
+        super().__init__()
+        self.nms_iou = nms_iou
+
+    def forward(self, logits, boxes, orig_sizes):
+        return nms_detections(logits, boxes, orig_sizes, NUM_SELECT, self.nms_iou, PRE_NMS_TOPK)
+
+
+def test_nms_in_paddle_inference_matches_the_definition(tmp_path):
+    """multiclass_nms3 in paddle.inference keeps exactly the boxes greedy class-wise NMS keeps, image by image (a
+    random-init model's boxes hardly overlap, so crowded outputs are fed to the post-processing alone)."""
+    names, predictors = ["logits", "boxes", "orig_sizes"], {}
+
+    def detect(logits, boxes, orig_sizes, nms_iou):
+        if nms_iou not in predictors:
+            spec = [paddle.static.InputSpec([None, *logits.shape[1:]], "float32", names[0]),
+                    paddle.static.InputSpec([None, *boxes.shape[1:]], "float32", names[1]),
+                    paddle.static.InputSpec([None, 2], "float32", names[2])]
+            prefix = str(tmp_path / f"nms{nms_iou}")
+            paddle.jit.save(paddle.jit.to_static(NmsProgram(nms_iou), full_graph=True), prefix, input_spec=spec)
+            config = paddle.inference.Config(prefix + ".json", prefix + ".pdiparams")
+            config.disable_gpu()
+            config.disable_onednn()
+            config.disable_glog_info()
+            predictors[nms_iou] = paddle.inference.create_predictor(config)
+        predictor = predictors[nms_iou]
+        for name, value in zip(names, (logits, boxes, orig_sizes)):
+            predictor.get_input_handle(name).copy_from_cpu(value)
+        predictor.run()
+        return tuple(predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names())
+
+    check_against_definition(detect)
+
+
 def test_infer_command_on_a_folder(exported, tiny_data, tmp_path):
     overrides, ckpt, folder = exported
     images = next(o.split("=", 1)[1] for o in tiny_data if o.startswith("data.val.img_dir="))
@@ -120,7 +161,7 @@ def test_infer_command_on_a_folder(exported, tiny_data, tmp_path):
         assert r.returncode == 0, r.stderr
         records[name] = json.loads((out / "results.json").read_text())
         assert sorted(os.listdir(out)) == ["000000.png", "000001.png", "000002.png", "results.json"]
-    assert len(records["export"]) == 3 * 20 * 6  # threshold 0: every top-k row of the 3 images (20 queries x 6)
+    assert len(records["export"]) == 3 * 20 * 6  # threshold 0: all 20 x 6 rows of each image (NMS at 0.8 removes none)
     # eager: the kernel path of deformable attention; sorted, as in by_detection
     key = lambda r: (r["image_id"], r["category_id"], r["bbox"])  # noqa: E731
     for a, b in zip(sorted(records["export"], key=key), sorted(records["eager"], key=key)):

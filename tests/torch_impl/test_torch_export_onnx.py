@@ -1,5 +1,6 @@
 """torch deployment: the ONNX export (onnx.checker, dynamic batch and size) run by onnxruntime against the eager
-deploy program, the deploy program against the evaluation's PostProcess, the infer command, test.sh --draw.
+deploy program, the deploy program against the evaluation's PostProcess, its NMS (NonMaxSuppression in the file)
+against the definition, the infer command, test.sh --draw.
 
 Tolerances: boxes 1e-3 px, scores 1e-4, labels and counts equal (the issue's parity bar; measured ~3e-5 px).
 """
@@ -19,9 +20,11 @@ from common.deploy.cli import split_detections
 from common.deploy.infer_cfg import build_infer_cfg, load_model_config
 from common.deploy.preprocess import make_batch, preprocess
 from tests.conftest import ROOT, child_env
+from tests.nms_case import NUM_SELECT, PRE_NMS_TOPK, check_against_definition
 from torch_impl import export_onnx
 from torch_impl.checkpoint import save_checkpoint
 from torch_impl.models.build import build_model
+from torch_impl.models.deploy import nms_detections
 from torch_impl.predictor import EagerPredictor, Predictor, load_deploy_model
 
 DEMO = os.path.join(ROOT, "configs", "demo.yml")
@@ -70,6 +73,7 @@ def test_onnx_file(exported, tiny):
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 16
     assert [i.name for i in model.graph.input] == ["image", "im_shape", "scale_factor"]
     assert [o.name for o in model.graph.output] == ["bbox", "bbox_num"]
+    assert "NonMaxSuppression" in {n.op_type for n in model.graph.node}  # demo.yml evaluates with NMS
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims[1:2]] == [3] and all(d.dim_param for d in (dims[0], dims[2], dims[3]))
     cfg, names = load_model_config(DEMO, tiny)
@@ -86,7 +90,7 @@ def test_onnxruntime_matches_eager(exported, val_images):
     for images in ([a], [b], [a, b]):  # two sizes, then both padded into one batch of 2
         inputs = make_batch([preprocess(im, ops) for im in images], ops)
         bbox, num = ort(inputs)
-        assert bbox.shape == (len(images) * num[0], 6) and num.dtype == np.int32
+        assert bbox.shape == (num.sum(), 6) and num.shape == (len(images),) and num.dtype == np.int32
         assert_same_detections((bbox, num), eager(inputs))
 
 
@@ -111,6 +115,39 @@ def test_deploy_program_equals_postprocess(exported, val_images):
         np.testing.assert_allclose(g["boxes"], e["boxes"].numpy(), rtol=0, atol=1e-4)
 
 
+class NmsProgram(torch.nn.Module):
+    """The deploy program's last step alone: (logits, boxes, orig_sizes) -> (bbox, bbox_num), with NMS."""
+
+    def __init__(self, nms_iou):
+        super().__init__()
+        self.nms_iou = nms_iou
+
+    def forward(self, logits, boxes, orig_sizes):
+        return nms_detections(logits, boxes, orig_sizes, NUM_SELECT, self.nms_iou, PRE_NMS_TOPK)
+
+
+def test_nms_in_onnx_matches_the_definition(tmp_path):
+    """NonMaxSuppression in onnxruntime keeps exactly the boxes greedy class-wise NMS keeps, image by image (a
+    random-init model's boxes hardly overlap, so crowded outputs are fed to the post-processing alone)."""
+    import onnxruntime
+
+    names, dyn, sessions = ["logits", "boxes", "orig_sizes"], torch.export.Dim.DYNAMIC, {}
+
+    def detect(logits, boxes, orig_sizes, nms_iou):
+        if nms_iou not in sessions:
+            program = torch.onnx.export(
+                NmsProgram(nms_iou).eval(), tuple(map(torch.from_numpy, (logits, boxes, orig_sizes))), dynamo=True,
+                verbose=False, opset_version=export_onnx.OPSET, input_names=names, output_names=["bbox", "bbox_num"],
+                dynamic_shapes=({0: dyn}, {0: dyn}, {0: dyn}), custom_translation_table=export_onnx.TRANSLATIONS)
+            assert "NonMaxSuppression" in {n.op_type for n in program.model_proto.graph.node}
+            program.save(str(tmp_path / f"nms{nms_iou}.onnx"))
+            sessions[nms_iou] = onnxruntime.InferenceSession(str(tmp_path / f"nms{nms_iou}.onnx"),
+                                                             providers=["CPUExecutionProvider"])
+        return tuple(sessions[nms_iou].run(None, dict(zip(names, (logits, boxes, orig_sizes)))))
+
+    check_against_definition(detect)
+
+
 def infer(*args):
     return subprocess.run([sys.executable, "-m", "torch_impl.infer", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, env=child_env(PYTHONPATH=ROOT))
@@ -127,7 +164,7 @@ def test_infer_command_on_a_folder(exported, tiny_data, tmp_path):
         assert r.returncode == 0, r.stderr
         records[name] = json.loads((out / "results.json").read_text())
         assert sorted(os.listdir(out)) == ["000000.png", "000001.png", "000002.png", "results.json"]
-    assert len(records["onnx"]) == 3 * 20 * 6  # threshold 0: every top-k row of the 3 images (20 queries x 6)
+    assert len(records["onnx"]) == 3 * 20 * 6  # threshold 0: all 20 x 6 rows of each image (NMS at 0.8 removes none)
     # eager: the kernel path of deformable attention; sorted, as in by_detection
     key = lambda r: (r["image_id"], r["category_id"], r["bbox"])  # noqa: E731
     for a, b in zip(sorted(records["onnx"], key=key), sorted(records["eager"], key=key)):

@@ -1,7 +1,10 @@
-"""Post-processing: top-k over (query, class), boxes to original pixels, class-wise NMS."""
+"""Post-processing: top-k over (query, class), boxes to original pixels, class-wise NMS; the deploy program's
+batched NMS (models/deploy.py) against the same definition."""
 import numpy as np
 import torch
 
+from tests.nms_case import NUM_SELECT, PRE_NMS_TOPK, check_against_definition, greedy_nms, rows_of
+from torch_impl.models.deploy import nms_detections, nms_keep
 from torch_impl.models.postprocess import PostProcess, batched_nms, nms
 
 
@@ -25,19 +28,6 @@ def test_topk_and_pixel_boxes_hand_made():
     assert res["labels"].dtype == torch.int64
 
 
-def _greedy_nms(boxes, scores, thr):
-    def iou(a, b):
-        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-        inter = w * h
-        return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-    keep = []
-    for i in np.argsort(-scores, kind="stable"):
-        if all(iou(boxes[i], boxes[j]) <= thr for j in keep):
-            keep.append(i)
-    return keep
-
-
 def test_nms_matches_greedy_reference():
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, 50, (60, 2))
@@ -45,7 +35,7 @@ def test_nms_matches_greedy_reference():
     scores = rng.permutation(60) / 60.0
     for thr in (0.3, 0.5, 0.8):
         kept = nms(torch.tensor(boxes), torch.tensor(scores), thr).tolist()
-        assert kept == _greedy_nms(boxes, scores, thr)
+        assert kept == greedy_nms(boxes, scores, thr)
     assert len(nms(torch.tensor(boxes), torch.tensor(scores), 0.5, max_keep=4)) == 4
 
 
@@ -69,3 +59,28 @@ def test_postprocess_with_nms_keeps_num_select():
         for c in res["labels"].unique():
             sel = res["boxes"][res["labels"] == c]
             assert len(nms(sel, torch.arange(len(sel), 0, -1).float(), 0.5)) == len(sel)  # no overlaps left
+
+
+def test_nms_keep_matches_greedy_reference():
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(0, 50, (3, 80, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 30, (3, 80, 2))], -1).astype(np.float32)
+    scores = -np.sort(-rng.random((3, 80)), 1).astype(np.float32)  # sorted, as the deploy program passes them
+    for thr, max_keep in ((0.3, 100), (0.5, 10), (0.8, 1)):
+        keep = nms_keep(torch.tensor(boxes), torch.tensor(scores), thr, max_keep).numpy()
+        for b in range(3):
+            assert np.flatnonzero(keep[b]).tolist() == sorted(greedy_nms(boxes[b], scores[b], thr, max_keep))
+
+
+def test_postprocess_and_deploy_nms_match_the_definition():
+    def deploy(logits, boxes, sizes, nms_iou):
+        bbox, num = nms_detections(torch.tensor(logits), torch.tensor(boxes), torch.tensor(sizes), NUM_SELECT,
+                                   nms_iou, PRE_NMS_TOPK)
+        return bbox.numpy(), num.numpy()
+
+    def postprocess(logits, boxes, sizes, nms_iou):
+        outputs = {"pred_logits": torch.tensor(logits), "pred_boxes": torch.tensor(boxes)}
+        return rows_of(PostProcess(NUM_SELECT, nms_iou, PRE_NMS_TOPK)(outputs, torch.tensor(sizes)))
+
+    check_against_definition(deploy)
+    check_against_definition(postprocess)
