@@ -29,8 +29,8 @@ def nms_keep_onnx(boxes, scores, iou_threshold: float, max_keep: int):
     from onnxscript import opset18 as op
 
     # selected [N, 3] rows (image, class 0, box index), at most max_keep per image, best first
-    selected = op.NonMaxSuppression(boxes, op.Unsqueeze(scores, [1]), op.Constant(value_ints=[max_keep]),
-                                    op.Constant(value_floats=[iou_threshold]))
+    selected = op.NonMaxSuppression(boxes, op.Unsqueeze(scores, [1]), op.Constant(value_int=max_keep),
+                                    op.Constant(value_float=iou_threshold))
     none = op.ConstantOfShape(op.Shape(scores), value=helper.make_tensor("false", TensorProto.BOOL, [1], [False]))
     kept = op.ConstantOfShape(op.Shape(selected, end=1), value=helper.make_tensor("true", TensorProto.BOOL, [1],
                                                                                   [True]))

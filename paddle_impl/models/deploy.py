@@ -46,7 +46,7 @@ def nms_keep(boxes, scores, iou_threshold, max_keep):
     dropped when its IoU with a kept, higher-scoring one exceeds iou_threshold), at most max_keep per image.
 
     multiclass_nms3 with one class and no score threshold; its index output counts boxes over the flattened batch.
-    Unlike postprocess.nms it lets zero-area boxes suppress each other (sigmoid sizes are never zero).
+    Unlike postprocess.nms it lets zero-area boxes suppress each other (see nms_detections).
     """
     index = paddle._C_ops.multiclass_nms3(boxes, scores[:, None, :], None, -1.0, -1, max_keep, iou_threshold, True,
                                           1.0, -1)[1].flatten()
@@ -59,7 +59,9 @@ def nms_detections(logits, boxes, orig_sizes, num_select, nms_iou, pre_nms_topk)
     """top_detections' inputs -> (bbox [N, 6], bbox_num int32 [B]): the top pre_nms_topk pairs of each image,
     class-wise NMS at nms_iou, at most num_select kept, best first; PostProcess with NMS, batched.
     Classes are kept apart as PostProcess's batched_nms does: boxes shifted by label * (extent of the image's
-    boxes + 1), the same arithmetic, so the same decisions."""
+    boxes + 1), the same arithmetic, so the same decisions. In float32 a large shift (high label, large image)
+    rounds boxes under ~0.01 px wide to zero width, which NMS then cannot compare (torchvision's batched_nms
+    has the same limit)."""
     bbox = top_detections(logits, boxes, orig_sizes, pre_nms_topk)[0].reshape([len(logits), -1, 6])
     label, score, xyxy = bbox[..., 0], bbox[..., 1], bbox[..., 2:]
     span = xyxy.amax((1, 2)) - xyxy.amin((1, 2)) + 1  # [B]

@@ -22,6 +22,7 @@ from paddle_impl import export
 from paddle_impl.checkpoint import save_checkpoint
 from paddle_impl.models.build import build_model
 from paddle_impl.models.deploy import nms_detections
+from paddle_impl.models.postprocess import PostProcess
 from paddle_impl.predictor import EagerPredictor, Predictor, load_deploy_model
 from tests.conftest import ROOT, child_env
 from tests.nms_case import NUM_SELECT, PRE_NMS_TOPK, check_against_definition
@@ -91,9 +92,14 @@ def test_predictor_matches_dynamic_graph(exported, val_images):
         assert_same_detections((bbox, num), eager(inputs))
 
 
+# NMS tight enough and caps small enough to remove rows of a random-init model's detections (demo.yml's 0.8 and 300
+# keep all 20 x 6): the program must read all three keys as PostProcess does
+STRICT_NMS = ["model.postprocess.nms_iou=0.01", "model.postprocess.num_select=15", "model.postprocess.pre_nms_topk=50"]
+
+
 def test_deploy_program_equals_postprocess(exported, val_images):
     overrides, ckpt, _ = exported
-    deploy, cfg, _ = load_deploy_model(DEMO, ckpt, overrides)
+    deploy, cfg, _ = load_deploy_model(DEMO, ckpt, overrides + STRICT_NMS)
     ops = build_infer_cfg(cfg, ["x"] * 6)["Preprocess"]
     inputs = make_batch([preprocess(im, ops) for im in val_images], ops)
     with paddle.no_grad():
@@ -103,8 +109,10 @@ def test_deploy_program_equals_postprocess(exported, val_images):
         masks = ((np.arange(h)[None, :, None] >= inputs["im_shape"][:, 0, None, None])
                  | (np.arange(w)[None, None, :] >= inputs["im_shape"][:, 1, None, None]))
         orig = paddle.to_tensor([[im.height, im.width] for im in val_images])
-        expected = build_model(cfg)[2](deploy.model(paddle.to_tensor(inputs["image"]), paddle.to_tensor(masks)),
-                                       orig)
+        outputs = deploy.model(paddle.to_tensor(inputs["image"]), paddle.to_tensor(masks))
+        expected = build_model(cfg)[2](outputs, orig)
+        without_nms = PostProcess(num_select=15)(outputs, orig)
+    assert any(not np.array_equal(e["scores"].numpy(), n["scores"].numpy()) for e, n in zip(expected, without_nms))
     for g, e in zip(got, expected):
         np.testing.assert_array_equal(g["labels"], e["labels"].numpy())
         np.testing.assert_array_equal(g["scores"], e["scores"].numpy())

@@ -25,6 +25,7 @@ from torch_impl import export_onnx
 from torch_impl.checkpoint import save_checkpoint
 from torch_impl.models.build import build_model
 from torch_impl.models.deploy import nms_detections
+from torch_impl.models.postprocess import PostProcess
 from torch_impl.predictor import EagerPredictor, Predictor, load_deploy_model
 
 DEMO = os.path.join(ROOT, "configs", "demo.yml")
@@ -94,9 +95,14 @@ def test_onnxruntime_matches_eager(exported, val_images):
         assert_same_detections((bbox, num), eager(inputs))
 
 
+# NMS tight enough and caps small enough to remove rows of a random-init model's detections (demo.yml's 0.8 and 300
+# keep all 20 x 6): the program must read all three keys as PostProcess does
+STRICT_NMS = ["model.postprocess.nms_iou=0.01", "model.postprocess.num_select=15", "model.postprocess.pre_nms_topk=50"]
+
+
 def test_deploy_program_equals_postprocess(exported, val_images):
     overrides, ckpt, _ = exported
-    deploy, cfg, _ = load_deploy_model(DEMO, ckpt, overrides)
+    deploy, cfg, _ = load_deploy_model(DEMO, ckpt, overrides + STRICT_NMS)
     ops = build_infer_cfg(cfg, ["x"] * 6)["Preprocess"]
     samples = [preprocess(im, ops) for im in val_images]
     inputs = make_batch(samples, ops)
@@ -108,7 +114,10 @@ def test_deploy_program_equals_postprocess(exported, val_images):
         masks = torch.from_numpy((np.arange(h)[None, :, None] >= inputs["im_shape"][:, 0, None, None])
                                  | (np.arange(w)[None, None, :] >= inputs["im_shape"][:, 1, None, None]))
         orig = torch.tensor([[im.height, im.width] for im in val_images])
-        expected = build_model(cfg)[2](deploy.model(images, masks), orig)
+        outputs = deploy.model(images, masks)
+        expected = build_model(cfg)[2](outputs, orig)
+        without_nms = PostProcess(num_select=15)(outputs, orig)
+    assert any(not torch.equal(e["scores"], n["scores"]) for e, n in zip(expected, without_nms))  # NMS removed some
     for g, e in zip(got, expected):
         np.testing.assert_array_equal(g["labels"], e["labels"].numpy())
         np.testing.assert_array_equal(g["scores"], e["scores"].numpy())
