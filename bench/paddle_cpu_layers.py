@@ -1,5 +1,6 @@
-"""CPU convolution and GroupNorm, forward + backward: Paddle's builtin kernels, the ops in ops/paddle_cpu_layers.py,
-and torch, on the demo config's shapes (ResNet-18 + input projections, batch 2, 448 x 560 images).
+"""CPU convolution, GroupNorm and Linear, forward + backward: Paddle's builtin kernels, the ops in
+ops/paddle_cpu_layers.py, and torch, on the demo config's shapes (ResNet-18 + input projections, batch 2, 448 x 560
+images; transformer projections of its ~2,200 encoder tokens and 2 x 120 decoder queries).
 
     OMP_NUM_THREADS=1 python -m bench.paddle_cpu_layers [--repeats 20] [--quick]
 
@@ -37,6 +38,15 @@ GROUP_NORMS = [
     ("gn 128 @56x70", 2, 128, 56, 70, 32),
     ("gn 256 @28x35", 2, 256, 28, 35, 32),
     ("gn 512 @14x18", 2, 512, 14, 18, 32),
+]
+
+# (name, M rows, K in, N out): encoder tokens (hidden 128, FFN 512), decoder queries, the class head
+LINEARS = [
+    ("linear 2200x128->512", 2200, 128, 512),
+    ("linear 2200x512->128", 2200, 512, 128),
+    ("linear 2200x128->128", 2200, 128, 128),
+    ("linear 240x128->128", 240, 128, 128),
+    ("linear 240x128->6", 240, 128, 6),
 ]
 
 
@@ -89,6 +99,20 @@ def group_norm_steps(n, c, h, w, g, rng):
     }
 
 
+def linear_steps(m, k, n, rng):
+    arrays = [rng.standard_normal((m, k)).astype("float32"), (rng.standard_normal((k, n)) / np.sqrt(k)).astype(
+        "float32"), rng.standard_normal(n).astype("float32")]
+    grad = rng.standard_normal((m, n)).astype("float32")
+    pd = [paddle.to_tensor(a, stop_gradient=False) for a in arrays]
+    td = [torch.tensor(a, requires_grad=True) for a in arrays]
+    pg, tg = paddle.to_tensor(grad), torch.tensor(grad)
+    return {
+        "paddle": paddle_step(PF.linear, pd, pg),
+        "op": paddle_step(paddle_cpu_layers.linear, pd, pg),
+        "torch": torch_step(lambda x, wt, b: TF.linear(x, wt.T, b), td, tg),
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
@@ -106,6 +130,7 @@ def main():
     totals = {"paddle": 0.0, "op": 0.0, "torch": 0.0}
     cases = [(name, conv_steps(*shape, rng)) for name, *shape in CONVS]
     cases += [(name, group_norm_steps(*shape, rng)) for name, *shape in GROUP_NORMS]
+    cases += [(name, linear_steps(*shape, rng)) for name, *shape in LINEARS]
     for name, steps in cases:
         ms = {key: 1e3 * median_time(fn, 2, repeats) for key, fn in steps.items()}
         for key in totals:

@@ -1,16 +1,21 @@
-"""Paddle CPU convolution (oneDNN) and GroupNorm as custom C++ ops, for training speed and a correct GroupNorm.
+"""Paddle CPU convolution and Linear (oneDNN), GroupNorm and the optimizer step as custom C++ ops, for training
+speed and a correct GroupNorm.
 
     conv2d(x, weight, bias, stride, padding, dilation)   x [N, C, H, W] float32 -> [N, O, H', W']
+    linear(x, weight, bias)                               x [..., K], weight [K, N] float32 -> [..., N]
     group_norm(x, num_groups, weight, bias, epsilon)      x [N, C, ...] float32 / float64 -> same
+    clip_by_global_norm(grads, max_norm)                  float32 gradients, scaled in place -> norm (0-D)
+    adamw(params, grads, moments1, moments2, ...)         one AdamW step of every parameter, in place
 
-Both run forward and backward on CPU tensors in dynamic mode; paddle_impl/models/layers.py calls them from its
-Conv2D and GroupNorm and keeps Paddle's own ops for GPU, other dtypes, static graphs and export. `available()`
-builds the op on first use (cached like ops/build.py's, in <root>/paddle-cpu-layers-<version>-<hash>) and, if
-that fails, logs one warning on the "ops" logger and returns False from then on.
+The layers run forward and backward on CPU tensors in dynamic mode; paddle_impl/models/layers.py calls them from
+its Conv2D, Linear and GroupNorm and keeps Paddle's own ops for GPU, other dtypes, static graphs and export.
+paddle_impl/optim.py calls the last two on CPU float32 parameters. `available()` builds the ops on first use
+(cached like ops/build.py's, in <root>/paddle-cpu-layers-<version>-<hash>) and, if that fails, logs one warning on
+the "ops" logger and returns False from then on.
 
-The convolution links against the oneDNN library in the Paddle wheel (paddle/libs/libdnnl.so.3); the wheel lacks
-oneDNN's headers, so csrc/onednn_c_api.h declares the part of the C API it uses. Build ahead of time with
-`python -m ops.paddle_cpu_layers`.
+The convolution and the Linear link against the oneDNN library in the Paddle wheel (paddle/libs/libdnnl.so.3); the
+wheel lacks oneDNN's headers, so csrc/onednn_c_api.h declares the part of the C API they use. Build ahead of time
+with `python -m ops.paddle_cpu_layers`.
 """
 import ctypes
 import hashlib
@@ -24,7 +29,8 @@ from pathlib import Path
 
 from ops import build
 
-SOURCES = ("onednn_c_api.h", "paddle_conv2d_onednn.cpp", "group_norm_cpu.h", "paddle_group_norm.cpp")
+SOURCES = ("onednn_c_api.h", "paddle_conv2d_onednn.cpp", "paddle_linear_onednn.cpp", "group_norm_cpu.h",
+           "paddle_group_norm.cpp", "paddle_adamw.cpp")
 MODULE_NAME = "dac_detr_cpu_layers_paddle"
 ONEDNN_LIBRARY = "libdnnl.so.3"
 
@@ -115,8 +121,8 @@ class _Ops:
                 self.module = load()
             except Exception as exc:  # any build, version or import failure means: use Paddle's own ops
                 self.error = f"{type(exc).__name__}: {next(iter(str(exc).splitlines()), '')}"
-                logger.warning("paddle CPU conv2d / group_norm ops unavailable (%s); using paddle's own kernels",
-                               self.error)
+                logger.warning("paddle CPU conv2d / linear / group_norm ops unavailable (%s); using paddle's own "
+                               "kernels", self.error)
         return self.module
 
 
@@ -144,11 +150,33 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
     return _ops.get().dac_conv2d(x, weight, bias, _pair(stride), pad, _pair(dilation), need_x, need_w)
 
 
+def linear(x, weight, bias=None):
+    """oneDNN matrix products: x [..., K] @ weight [K, N] + bias [N] (or None), float32 CPU tensors -> [..., N].
+    Call only when available()."""
+    need_w = not weight.stop_gradient or (bias is not None and not bias.stop_gradient)
+    return _ops.get().dac_linear(x, weight, bias, not x.stop_gradient, need_w)
+
+
 def group_norm(x, num_groups, weight, bias, epsilon=1e-5):
     """torch.nn.functional.group_norm on CPU with affine weight and bias [C]: x [N, C, ...] float32 / float64
     -> same. Call only when available()."""
     y, _, _ = _ops.get().dac_group_norm(x, weight, bias, int(num_groups), float(epsilon))
     return y
+
+
+def clip_by_global_norm(grads, max_norm):
+    """Scales the float32 CPU tensors `grads` in place so that their global L2 norm is at most max_norm, by
+    min(1, max_norm / (norm + 1e-6)); returns the norm before clipping (0-D). Call only when available()."""
+    # detach(): the same memory, without the autograd check that refuses in-place ops on trainable leaves
+    return _ops.get().dac_clip_by_global_norm([g.detach() for g in grads], float(max_norm))[1]
+
+
+def adamw(params, grads, moments1, moments2, beta1_pows, beta2_pows, lrs, beta1, beta2, epsilon, weight_decay):
+    """One step of Paddle's AdamW for every parameter, in place: params, moments and beta powers ([1] each) are
+    updated. lrs: each parameter's learning rate. Contiguous float32 CPU tensors. Call only when available()."""
+    _ops.get().dac_adamw([p.detach() for p in params], grads, moments1, moments2, beta1_pows, beta2_pows,
+                         [float(lr) for lr in lrs],
+                         float(beta1), float(beta2), float(epsilon), float(weight_decay))
 
 
 def main():

@@ -1,5 +1,5 @@
-"""ops/paddle_cpu_layers.py (oneDNN conv2d, GroupNorm) and the paddle_impl layers using them: torch parity of the
-outputs and every gradient, Paddle builtin parity of the layers, export path, the oneDNN ABI header, fallback."""
+"""ops/paddle_cpu_layers.py (oneDNN conv2d and linear, GroupNorm) and the paddle_impl layers using them: torch parity
+of the outputs and every gradient, Paddle builtin parity of the layers, export path, the oneDNN ABI header, fallback."""
 import logging
 import re
 import subprocess
@@ -14,7 +14,8 @@ import torch.nn.functional as TF
 from ops import build, paddle_cpu_layers as cl
 from paddle_impl.models import layers
 
-# Measured max |op - torch| / max |torch| on this grid: conv 8e-7, group_norm float32 3e-7, float64 4e-16.
+# Measured max |op - torch| / max |torch| on this grid: conv 8e-7, linear 3e-7, group_norm float32 3e-7,
+# float64 4e-16.
 RTOL32, RTOL64 = 1e-5, 1e-12
 
 
@@ -139,6 +140,60 @@ def test_conv2d_repeated_shapes_reuse_the_cache():
         assert_close(cl.conv2d(*(paddle.to_tensor(a) for a in arrays), 1, 1).numpy(), ref, RTOL32, f"batch {n}")
 
 
+# (leading dims of x, K, N, bias): the model's projections (hidden 128 / 256, FFN, class and box heads), odd and
+# degenerate sizes, 3-D inputs as the layers pass them
+LINEARS = [((200,), 128, 512, True), ((2, 37), 64, 6, True), ((3,), 5, 7, False), ((1,), 1, 1, True),
+           ((2, 3, 4), 16, 2, False), ((513,), 33, 129, True)]
+
+
+def linear_arrays(lead, k, n, bias, rng):
+    return [rng.standard_normal((*lead, k)).astype("float32"),
+            (rng.standard_normal((k, n)) / np.sqrt(k)).astype("float32"),
+            rng.standard_normal(n).astype("float32") if bias else None]
+
+
+@pytest.mark.parametrize("case", LINEARS)
+def test_linear_matches_torch(case):
+    lead, k, n, bias = case
+    rng = np.random.default_rng(10)
+    arrays = linear_arrays(lead, k, n, bias, rng)
+    grad = rng.standard_normal((*lead, n)).astype("float32")
+    needs = [True, True, bias]
+    # torch's weight is [out, in]: the op's [K, N] transposed
+    ref, ref_grads = torch_run(lambda x, wt, b: TF.linear(x, wt.T, b), arrays, grad, needs)
+    out, grads = paddle_run(cl.linear, arrays, grad, needs)
+    assert_close(out, ref, RTOL32, "output")
+    for name, g, r in zip(("x", "weight", "bias"), grads, ref_grads):
+        if r is not None:
+            assert_close(g, r, RTOL32, f"grad {name}")
+
+
+@pytest.mark.parametrize("needs", [(False, True, True), (True, False, False), (False, False, True)])
+def test_linear_computes_only_requested_gradients(needs):
+    rng = np.random.default_rng(11)
+    arrays = linear_arrays((4, 9), 8, 5, True, rng)
+    grad = rng.standard_normal((4, 9, 5)).astype("float32")
+    ref, ref_grads = torch_run(lambda x, wt, b: TF.linear(x, wt.T, b), arrays, grad, needs)
+    out, grads = paddle_run(cl.linear, arrays, grad, needs)
+    assert_close(out, ref, RTOL32, "output")
+    for g, r in zip(grads, ref_grads):
+        assert (g is None) == (r is None)
+        if r is not None:
+            assert_close(g, r, RTOL32, "grad")
+
+
+def test_linear_empty_batch():
+    x = paddle.zeros([2, 0, 8])
+    x.stop_gradient = False
+    weight, bias = paddle.ones([8, 3]), paddle.ones([3])
+    weight.stop_gradient = bias.stop_gradient = False
+    out = cl.linear(x, weight, bias)
+    assert out.shape == [2, 0, 3]
+    out.sum().backward()
+    assert x.grad.shape == [2, 0, 8]
+    assert not weight.grad.numpy().any() and not bias.grad.numpy().any()
+
+
 # (N, C, H, W, groups)
 GROUP_NORMS = [(2, 64, 7, 9, 32), (1, 6, 5, 3, 3), (3, 8, 1, 1, 4), (2, 12, 11, 13, 1), (3, 10, 4, 5, 10)]
 
@@ -196,6 +251,28 @@ def test_conv2d_layer_matches_paddle_builtin():
         assert_close(a, b, RTOL32, name)
 
 
+@pytest.mark.parametrize("rows", [15, 10000])  # outputs under and over Linear.OP_MIN_OUTPUT: Paddle's path, the op
+def test_linear_layer_matches_paddle_builtin(rows, monkeypatch):
+    calls, real = [], cl.linear
+    monkeypatch.setattr(cl, "linear", lambda *args: calls.append(1) or real(*args))
+    paddle.seed(0)
+    layer = layers.Linear(12, 7)
+    builtin = paddle.nn.Linear(12, 7)
+    assert [(k, v.shape) for k, v in layer.state_dict().items()] == \
+        [(k, v.shape) for k, v in builtin.state_dict().items()]
+    builtin.set_state_dict(layer.state_dict())
+    x = np.random.default_rng(12).standard_normal((3, rows, 12)).astype("float32")
+    results = []
+    for linear in (layer, builtin):
+        xt = paddle.to_tensor(x, stop_gradient=False)
+        out = linear(xt)
+        (out * out).sum().backward()
+        results.append([out.numpy(), xt.grad.numpy(), linear.weight.grad.numpy(), linear.bias.grad.numpy()])
+    assert len(calls) == (rows * 7 >= layers.Linear.OP_MIN_OUTPUT)
+    for name, a, b in zip(("output", "grad x", "grad weight", "grad bias"), *results):
+        assert_close(a, b, RTOL32, name)
+
+
 def test_conv2d_layer_keeps_paddle_path_for_unsupported_configs():
     x = paddle.to_tensor(np.random.default_rng(6).standard_normal((1, 4, 6, 6)).astype("float32"))
     for kwargs in ({"groups": 2}, {"padding": "SAME"}, {"padding": 1, "padding_mode": "reflect"}):
@@ -228,14 +305,15 @@ def test_group_norm_layer_matches_paddle_builtin_where_it_is_right():
 def test_layers_export_with_paddle_ops():
     # static graphs (paddle.jit.to_static, and so paddle.jit.save) take Paddle's builtin path
     paddle.seed(0)
-    model = paddle.nn.Sequential(layers.Conv2D(3, 8, 3, padding=1), layers.GroupNorm(4, 8))
+    model = paddle.nn.Sequential(layers.Conv2D(3, 8, 3, padding=1), layers.GroupNorm(4, 8), paddle.nn.Flatten(2),
+                                 layers.Linear(30, 4))
     x = paddle.to_tensor(np.random.default_rng(8).standard_normal((1, 3, 6, 5)).astype("float32"))
     dynamic = model(x).numpy()
-    static = paddle.jit.to_static(model, input_spec=[paddle.static.InputSpec([None, 3, None, None], "float32")],
+    static = paddle.jit.to_static(model, input_spec=[paddle.static.InputSpec([None, 3, 6, 5], "float32")],
                                   full_graph=True)
     assert_close(static(x).numpy(), dynamic, RTOL32, "static output")
     program = str(static.forward.concrete_program.main_program)
-    assert "dac_conv2d" not in program and "dac_group_norm" not in program
+    assert "dac_conv2d" not in program and "dac_group_norm" not in program and "dac_linear" not in program
 
 
 # oneDNN's names for the constants of csrc/onednn_c_api.h
@@ -263,8 +341,12 @@ def test_onednn_header_constants_match_onednn(tmp_path):
     values = {name: value for name, value in constants}
     checks = "\n".join(f"static_assert({ONEDNN_NAMES[name]} == {ONEDNN_NAMES.get(values[name], values[name])}, "
                        f"\"{name}\");" for name, _ in constants)
+    # the functions declared by hand too, here the one whose arguments are not all handles
+    checks += ("\nstatic_assert(std::is_same_v<decltype(&dnnl_sgemm), dnnl_status_t (*)(char, char, dnnl_dim_t, "
+               "dnnl_dim_t, dnnl_dim_t, float, const float*, dnnl_dim_t, const float*, dnnl_dim_t, float, float*, "
+               "dnnl_dim_t)>, \"dnnl_sgemm\");")
     source = tmp_path / "check.cpp"
-    source.write_text(f"#include \"oneapi/dnnl/dnnl.h\"\n{checks}\n")
+    source.write_text(f"#include <type_traits>\n#include \"oneapi/dnnl/dnnl.h\"\n{checks}\n")
     cmd = ["c++", "-std=c++17", "-fsyntax-only", *(f"-I{p}" for p in include_paths()), str(source)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -285,12 +367,14 @@ def test_build_failure_warns_once_and_layers_use_paddle_ops(monkeypatch, caplog)
         paddle.seed(0)
         conv = layers.Conv2D(3, 4, 3, padding=1)
         norm = layers.GroupNorm(2, 4)
+        linear = layers.Linear(6, 3)
         x = paddle.to_tensor(np.random.default_rng(9).standard_normal((2, 3, 5, 6)).astype("float32"))
-        out = norm(conv(x))
+        out = linear(norm(conv(x)))
         assert not cl.available()
     warnings = [r for r in caplog.records if r.name == "ops" and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "boom" in warnings[0].getMessage()
-    ref = PF.group_norm(PF.conv2d(x, conv.weight, conv.bias, padding=1), 2, 1e-5, norm.weight, norm.bias)
+    ref = PF.linear(PF.group_norm(PF.conv2d(x, conv.weight, conv.bias, padding=1), 2, 1e-5, norm.weight, norm.bias),
+                    linear.weight, linear.bias)
     assert_close(out.numpy(), ref.numpy(), RTOL32, "fallback output")
 
 

@@ -1,4 +1,4 @@
-// The few declarations of oneDNN's v3 C API that the convolution op uses.
+// The few declarations of oneDNN's v3 C API that the convolution and linear ops use.
 //
 // The Paddle wheel ships the oneDNN library (paddle/libs/libdnnl.so.3, oneDNN 3.6 for paddle 3.2) but its
 // include/third_party/install/onednn/include/ holds only forwarding headers whose targets (oneapi/dnnl/*.h) are
@@ -89,6 +89,10 @@ dnnl_status_t dnnl_convolution_backward_weights_primitive_desc_create(
     const_dnnl_memory_desc_t diff_bias_desc, const_dnnl_memory_desc_t diff_dst_desc, const dnnl_dims_t strides,
     const dnnl_dims_t dilates, const dnnl_dims_t padding_l, const dnnl_dims_t padding_r,
     const_dnnl_primitive_desc_t hint_fwd_pd, const_dnnl_primitive_attr_t attr);
+// Row-major C = alpha op(A) op(B) + beta C, threaded like the primitives.
+dnnl_status_t dnnl_sgemm(char transa, char transb, dnnl_dim_t M, dnnl_dim_t N, dnnl_dim_t K, float alpha,
+                         const float* A, dnnl_dim_t lda, const float* B, dnnl_dim_t ldb, float beta, float* C,
+                         dnnl_dim_t ldc);
 
 }  // extern "C"
 
