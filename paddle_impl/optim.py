@@ -14,7 +14,8 @@ from ops import paddle_cpu_layers
 
 
 def build_scheduler(train_cfg) -> paddle.optimizer.lr.MultiStepDecay:
-    return paddle.optimizer.lr.MultiStepDecay(train_cfg.lr, milestones=list(train_cfg.lr_drop), gamma=train_cfg.lr_gamma)
+    return paddle.optimizer.lr.MultiStepDecay(train_cfg.lr, milestones=list(train_cfg.lr_drop),
+                                              gamma=train_cfg.lr_gamma)
 
 
 def _fusable(tensors) -> bool:

@@ -59,3 +59,17 @@ def test_bench_quick(tmp_path):
     for title in ("## Training step", "## Inference latency", "## Deformable attention", "## Matching",
                   "## COCO evaluation"):
         assert title in proc.stdout
+
+
+def test_paddle_ops_ab_runs(tmp_path):
+    """`python -m bench.paddle_ops_ab` on a few demo images: one round, every mode timed, the table printed."""
+    from bench import demo_data
+    overrides = demo_data.make(tmp_path / "data", num_train=8, num_val=2) + [
+        "data.train.scales=[160]", "data.train.max_size=240", "data.train.crop_prob=0.0"]
+    proc = subprocess.run([sys.executable, "-m", "bench.paddle_ops_ab", "--rounds", "1", "--steps", "1", "-o",
+                           *overrides], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=child_env(PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "x |" in line]
+    assert [r.split(" | ")[0][2:] for r in rows] == ["all ops", "Paddle's Linear", "Paddle's Linear, clip and AdamW"]
+    assert all(float(r.split(" | ")[1]) > 0 for r in rows)
