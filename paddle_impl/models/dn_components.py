@@ -23,8 +23,9 @@ def dn_queries_to_tensors(dn, label_enc, place=None, indicator=False):
     if indicator:
         content = paddle.concat([content, paddle.ones(content.shape[:-1] + [1], dtype)], -1)
     content = content * valid[..., None].astype(dtype)
-    boxes = paddle.to_tensor(dn["boxes"], place=place)  # 0.5 in empty slots: logit 0
-    return content, inverse_sigmoid(boxes).astype(dtype), paddle.to_tensor(dn["attn_mask"], place=place)
+    # in the model's dtype before the logit: float32 logs differ by an ulp between the frameworks on some CPUs
+    boxes = paddle.to_tensor(dn["boxes"], place=place).astype(dtype)  # 0.5 in empty slots: logit 0
+    return content, inverse_sigmoid(boxes), paddle.to_tensor(dn["attn_mask"], place=place)
 
 
 def matching_content(label_enc):

@@ -21,7 +21,8 @@ def dn_queries_to_tensors(dn, label_enc, device, indicator=False):
     if indicator:
         content = torch.cat([content, content.new_ones(content.shape[:-1] + (1,))], -1)
     content = content * valid[..., None].to(label_enc.weight.dtype)
-    boxes = torch.from_numpy(dn["boxes"]).to(device)  # 0.5 in empty slots: logit 0
+    # in the model's dtype before the logit: float32 logs differ by an ulp between the frameworks on some CPUs
+    boxes = torch.from_numpy(dn["boxes"]).to(device, label_enc.weight.dtype)  # 0.5 in empty slots: logit 0
     return content, inverse_sigmoid(boxes), torch.from_numpy(dn["attn_mask"]).to(device)
 
 
