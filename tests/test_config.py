@@ -13,9 +13,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA = {
     "name": F(str, "x", "a name"),
     "train": {
-        "lr": F(float, 1e-4, "learning rate"),
+        "lr": F(float, 1e-4, "learning rate", bounds="(0, inf)"),
         "epochs": F(int, 12, "epochs"),
-        "steps": F(list, [11], "lr drops", items=int),
+        "steps": F(list, [11], "lr drops", items=int, bounds="[0, inf)"),
+        "prob": F(float, 0.5, "a probability", bounds="[0, 1]"),
         "amp": F(bool, False, "mixed precision"),
     },
     "model": {
@@ -83,6 +84,11 @@ def test_int_accepted_for_float(tmp_path):
     ({"train": 3}, ["train", "expected a mapping"]),
     ({"model": {"kind": "c"}}, ["model.kind", "one of ['a', 'b']"]),
     ({"train": {"lr": None}}, ["train.lr", "got null"]),
+    ({"train": {"lr": 0}}, ["train.lr", "expected a value in (0, inf), got 0"]),
+    ({"train": {"lr": -1e-4}}, ["train.lr", "expected a value in (0, inf), got -0.0001"]),
+    ({"train": {"lr": float("nan")}}, ["train.lr", "expected a value in (0, inf), got nan"]),
+    ({"train": {"prob": 1.5}}, ["train.prob", "expected a value in [0, 1], got 1.5"]),
+    ({"train": {"steps": [3, -1]}}, ["train.steps", "expected every element in [0, inf), got -1"]),
 ])
 def test_errors_name_key_and_file(tmp_path, data, words):
     path = write(tmp_path / "bad.yml", data)
@@ -92,6 +98,14 @@ def test_errors_name_key_and_file(tmp_path, data, words):
     assert path in msg
     for w in words:
         assert w in msg
+
+
+def test_bounds_are_inclusive_or_open_as_written(tmp_path):
+    ok = {"train": {"lr": 1e-9, "prob": 0, "steps": [0, 5]}}
+    assert load_config(write(tmp_path / "ok.yml", ok), schema=SCHEMA).train.prob == 0
+    assert load_config(write(tmp_path / "one.yml", {"train": {"prob": 1}}), schema=SCHEMA).train.prob == 1
+    with pytest.raises(ValueError, match="not an interval"):
+        F(float, 0.5, "x", bounds="<0, 1>")
 
 
 def test_error_in_base_names_the_base_file(tmp_path):

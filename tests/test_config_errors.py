@@ -37,6 +37,8 @@ def config(tmp_path, tiny):
     ({"train": {"epochs": "two"}}, [], ["my.yml", "train.epochs", "expected int", "'two'"]),
     ({}, ["train.lr=fast"], ["-o train.lr=fast", "train.lr", "expected float"]),
     ({"data": {"invalid": "ignore"}}, [], ["my.yml", "data.invalid", "one of ['strict', 'skip']"]),
+    ({}, ["model.postprocess.nms_iou=8"], ["-o model.postprocess.nms_iou=8", "expected a value in (0, 1], got 8"]),
+    ({"train": {"lr_gamma": 0}}, [], ["my.yml", "train.lr_gamma", "expected a value in (0, inf), got 0"]),
     ({"_base_": "missing_base.yml"}, [], ["missing_base.yml"]),
 ])
 def test_bad_keys_and_values(capsys, config, data, override, words):

@@ -11,7 +11,8 @@ class Field:
 
     `None` is accepted when the default is `None` or `nullable=True`; an int is accepted for a float
     (YAML writes 1e-4 as a float but 2 as an int); `choices` restricts the value; `required` keys must be
-    set (to something other than None) by the time the config is used.
+    set (to something other than None) by the time the config is used. `bounds` is the interval a number (or each
+    element of a list) must lie in, written as in mathematics: "[0, 1]", "(0, 1]", "[1, inf)".
     """
     type: type
     default: Any = None
@@ -20,6 +21,11 @@ class Field:
     nullable: bool = False
     required: bool = False
     items: Optional[type] = field(default=None)  # element type of a list, checked when given
+    bounds: Optional[str] = None
+
+    def __post_init__(self):
+        if self.bounds is not None:
+            _parse_bounds(self.bounds)  # a malformed interval fails when the schema is imported
 
     def type_name(self) -> str:
         name = _TYPE_NAMES.get(self.type, getattr(self.type, "__name__", str(self.type)))
@@ -41,7 +47,25 @@ class Field:
                 return f"expected {self.type_name()}, got an element {bad[0]!r}"
         if self.choices is not None and value not in self.choices:
             return f"expected one of {list(self.choices)}, got {value!r}"
+        if self.bounds is not None:
+            outside = [v for v in (value if isinstance(value, list) else [value]) if not _within(v, self.bounds)]
+            if outside:
+                what = "every element in" if isinstance(value, list) else "a value in"
+                return f"expected {what} {self.bounds}, got {outside[0]!r}"
         return None
+
+
+def _parse_bounds(text: str):
+    """Parses an interval: "(0, 1]" -> (0.0, 1.0, True, False), i.e. low, high, low open, high open."""
+    low, high = text[1:-1].split(",")
+    if text[0] not in "([" or text[-1] not in ")]":
+        raise ValueError(f"bounds {text!r}: not an interval like '[0, 1]' or '(0, inf)'")
+    return float(low), float(high), text[0] == "(", text[-1] == ")"
+
+
+def _within(value: Any, bounds: str) -> bool:
+    low, high, low_open, high_open = _parse_bounds(bounds)  # NaN compares False: outside
+    return (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
 
 
 def _is_type(value: Any, typ: type) -> bool:

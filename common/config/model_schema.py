@@ -45,7 +45,8 @@ MODEL = {
                                "plain_detr (one stride-16 map, global cross-attention with box bias) or "
                                "sap_detr (single scale, salient-point queries on a grid)",
               choices=ARCHS),
-    "num_classes": F(int, None, "number of classes (null: the number of categories in the training annotations)"),
+    "num_classes": F(int, None, "number of classes (null: the number of categories in the training annotations)",
+                     bounds="[1, inf)"),
     "backbone": {
         "name": F(str, "resnet50", "ResNet depth (torchvision layout, FrozenBatchNorm) or Swin size (official "
                                    "layout; window 7 = the 224-px ImageNet weights, window12 = the 384-px ones; "
@@ -57,7 +58,8 @@ MODEL = {
                                    "*.attn_mask are ignored); Paddle also reads .pdparams; null: random init"),
         "frozen_stages": F(int, 1, "stages not trained: -1 none, 0 the stem, 1 stem + layer1 (DETR), ... 4 all; "
                                    "use -1 when training from random init. Swin: 0 patch_embed, k: also layers.0 "
-                                   "..layers.{k-1} (the official Swin code's k + 1); the release trains all (-1)"),
+                                   "..layers.{k-1} (the official Swin code's k + 1); the release trains all (-1)",
+                           bounds="[-1, 4]"),
         "norm": F(str, "frozen_bn", "ResNet normalization layers: frozen_bn (pretrained weights), bn (trainable "
                                     "BatchNorm) or gn (GroupNorm(32): for training from random init); Swin: "
                                     "ignored (LayerNorm)",
@@ -67,25 +69,28 @@ MODEL = {
                                 "dilation) or 3 (no layer4: they end at C4, stride 16; the cheap stride-16 choice "
                                 "for resnet18/34, whose blocks have no dilated form)", choices=[3, 4]),
         "drop_path_rate": F(float, 0.2, "Swin: stochastic depth rate of the last block (linear from 0; the release: "
-                                        "0.2 for 12 epochs, 0.5 for 24); ignored for ResNet"),
+                                        "0.2 for 12 epochs, 0.5 for 24); ignored for ResNet", bounds="[0, 1)"),
     },
     "hidden_dim": F(int, 256, "transformer width (dac_detr: a multiple of 32 because of GroupNorm(32) in "
-                              "input_proj; conditional_detr, dab_detr: a multiple of 4 and of nheads)"),
-    "nheads": F(int, 8, "attention heads (deformable and self-attention)"),
+                              "input_proj; conditional_detr, dab_detr: a multiple of 4 and of nheads)",
+                    bounds="[1, inf)"),
+    "nheads": F(int, 8, "attention heads (deformable and self-attention)", bounds="[1, inf)"),
     "num_feature_levels": F(int, 4, "feature levels: C3, C4, C5, then stride-2 3x3 convs on C5 (1: C5 only; "
-                                    "with backbone.last_stage 3, C4 takes C5's place)"),
-    "enc_layers": F(int, 6, "encoder layers (deformable; conditional_detr, dab_detr: standard self-attention)"),
+                                    "with backbone.last_stage 3, C4 takes C5's place)", bounds="[1, inf)"),
+    "enc_layers": F(int, 6, "encoder layers (deformable; conditional_detr, dab_detr: standard self-attention)",
+                    bounds="[0, inf)"),
     "dec_layers": F(int, 6, "decoder layers (dac_detr: each with its own class / box head; conditional_detr, "
-                            "dab_detr: one pair shared by all)"),
-    "dim_feedforward": F(int, 2048, "FFN hidden size in encoder and decoder layers"),
+                            "dab_detr: one pair shared by all)", bounds="[1, inf)"),
+    "dim_feedforward": F(int, 2048, "FFN hidden size in encoder and decoder layers", bounds="[1, inf)"),
     "activation": F(str, "relu", "FFN nonlinearity of conditional_detr / dab_detr layers: relu, or prelu (one "
                                  "learned negative slope per layer, the DAB-DETR release's default); dac_detr's "
                                  "deformable layers use relu", choices=["relu", "prelu"]),
     "dropout": F(float, 0.0, "dropout in the transformer (the DAC-DETR and DAB-DETR releases train with 0, "
-                             "Conditional DETR with 0.1)"),
-    "enc_n_points": F(int, 4, "sampling points per head and level in encoder deformable attention"),
-    "dec_n_points": F(int, 4, "sampling points per head and level in decoder cross-attention"),
-    "num_queries": F(int, 900, "object queries (= two-stage proposals kept; plain_detr: the one-to-one ones)"),
+                             "Conditional DETR with 0.1)", bounds="[0, 1)"),
+    "enc_n_points": F(int, 4, "sampling points per head and level in encoder deformable attention", bounds="[1, inf)"),
+    "dec_n_points": F(int, 4, "sampling points per head and level in decoder cross-attention", bounds="[1, inf)"),
+    "num_queries": F(int, 900, "object queries (= two-stage proposals kept; plain_detr: the one-to-one ones)",
+                     bounds="[1, inf)"),
     "two_stage": F(bool, True, "queries from the top-scoring encoder proposals (false: learned queries; "
                                "then dn must be off)"),
     "mixed_selection": F(bool, True, "two-stage: learned content queries + positional part from the proposals "
@@ -93,7 +98,7 @@ MODEL = {
     "look_forward_twice": F(bool, True, "a layer's box loss also updates the previous layer's box (undetached)"),
     "pe_temperature": F(float, 10000.0, "temperature of the sine position encoding of the feature maps (and of "
                                         "conditional_detr's reference points); the DAB-DETR release uses 20 for "
-                                        "the pixels and a fixed 10000 for its anchor boxes' codes"),
+                                        "the pixels and a fixed 10000 for its anchor boxes' codes", bounds="(0, inf)"),
     "deform_attn_backend": F(str, "auto", "multi-scale deformable attention: kernel (compiled), reference "
                                           "(grid_sample) or auto (kernel when it builds)",
                              choices=["auto", "kernel", "reference"]),
@@ -101,16 +106,17 @@ MODEL = {
         "enabled": F(bool, True, "denoising queries in training (dac_detr: needs two_stage; dab_detr, "
                                  "dab_deformable_detr: DN-DETR, plain denoising only)"),
         "number": F(int, 100, "denoising budget: groups = max(1, number // max GT per image)"
-                              " (contrastive), else number groups (DN-DETR: 5)"),
+                              " (contrastive), else number groups (DN-DETR: 5)", bounds="[0, inf)"),
         "label_noise_ratio": F(float, 0.5, "label noise: a noised label is replaced by a random class with "
                                            "probability label_noise_ratio / 2 or label_noise_ratio (see "
-                                           "label_flip_prob; DN-DETR: 0.2 with ratio)"),
+                                           "label_flip_prob; DN-DETR: 0.2 with ratio)", bounds="[0, 1]"),
         "label_flip_prob": F(str, "half_ratio", "probability of replacing a noised label: half_ratio = "
                                                 "label_noise_ratio / 2 (DINO's and DAC-DETR's convention) or "
                                                 "ratio = label_noise_ratio (DN-DETR's)",
                              choices=["half_ratio", "ratio"]),
         "box_noise_scale": F(float, 0.4, "box noise scale lambda (the DAC-DETR release hard-codes 0.4; DINO's "
-                                         "default is 1.0; DN-DETR: 0.4), used as box_noise_form says"),
+                                         "default is 1.0; DN-DETR: 0.4), used as box_noise_form says",
+                             bounds="[0, inf)"),
         "box_noise_form": F(str, "corners", "corners: each corner moved by up to lambda half box sizes (DINO, "
                                             "DAC-DETR); center_size: the centre moved by up to lambda * (w / 2, "
                                             "h / 2) and w, h scaled by a factor in [1 - lambda, 1 + lambda] "
@@ -122,71 +128,79 @@ MODEL = {
     },
     "dac": {
         "enabled": F(bool, True, "train the cross-attention-free C-decoder stream (no new parameters)"),
-        "k": F(int, 6, "one-to-many: at most k queries per GT"),
-        "threshold": F(float, 0.4, "one-to-many: quality threshold of a positive"),
-        "iou_weight": F(float, 0.7, "one-to-many quality = iou_weight * IoU + (1 - iou_weight) * class prob"),
+        "k": F(int, 6, "one-to-many: at most k queries per GT", bounds="[1, inf)"),
+        "threshold": F(float, 0.4, "one-to-many: quality threshold of a positive", bounds="[0, 1]"),
+        "iou_weight": F(float, 0.7, "one-to-many quality = iou_weight * IoU + (1 - iou_weight) * class prob",
+                        bounds="[0, 1]"),
         "positive_fraction": F(float, 0.25, "one-to-many: positives are capped at positive_fraction * "
-                                            "sample_queries per image"),
+                                            "sample_queries per image", bounds="(0, 1]"),
         "sample_queries": F(int, 300, "query count the positive cap is computed from (the release hard-codes "
                                       "300, so 75 positives, whatever num_queries is); null: num_queries",
-                            nullable=True),
+                            nullable=True, bounds="[1, inf)"),
         "assign_boxes": F(str, "o_decoder", "boxes in the one-to-many quality: o_decoder (the release: C-decoder "
                                             "scores with O-decoder boxes of the same layer) or c_decoder",
                           choices=["o_decoder", "c_decoder"]),
-        "loss_norm": F(float, 3.0, "C-decoder one-to-many losses are divided by loss_norm * num_boxes"),
+        "loss_norm": F(float, 3.0, "C-decoder one-to-many losses are divided by loss_norm * num_boxes",
+                       bounds="(0, inf)"),
     },
     "plain": {
         "reparam": F(bool, True, "plain_detr: box reparameterization (boxes in pixels, deltas relative to the "
                                  "reference box, L1 loss and cost on the deltas; the release's best setting)"),
         "rpe_type": F(str, "linear", "BoxRPB input: linear (pixel offsets, the release's) or abs_log8 "
                                      "(sign(d) log2(|d| + 1) / 3)", choices=["linear", "abs_log8"]),
-        "rpe_hidden_dim": F(int, 512, "hidden width of the two BoxRPB MLPs"),
+        "rpe_hidden_dim": F(int, 512, "hidden width of the two BoxRPB MLPs", bounds="[1, inf)"),
         "pe_normalize": F(bool, False, "plain_detr: sine codes of the pixels normalized by the image extent (as "
                                        "the other archs) or, false, of the cell index (the release's reparam "
                                        "script, 'sine_unnorm'; its other scripts normalize)"),
         "proposal_strides": F(list, [8, 16, 32, 64], "strides of the proposal pyramid built from the decoder's "
                                                      "map (each a power-of-two multiple or divisor of its stride)",
-                              items=int),
+                              items=int, bounds="[1, inf)"),
     },
     "hybrid": {
         "num_queries": F(int, 1500, "plain_detr: one-to-many queries added in training (0: off); inference runs "
-                                    "the num_queries one-to-one queries only"),
-        "k": F(int, 6, "one-to-many queries are matched to every GT repeated k times"),
-        "weight": F(float, 1.0, "weight of the one-to-many losses relative to the one-to-one ones"),
+                                    "the num_queries one-to-one queries only", bounds="[0, inf)"),
+        "k": F(int, 6, "one-to-many queries are matched to every GT repeated k times", bounds="[1, inf)"),
+        "weight": F(float, 1.0, "weight of the one-to-many losses relative to the one-to-one ones", bounds="[0, inf)"),
     },
     "sap": {
         "grid": F(list, [18, 17], "sap_detr: the query grid (columns, rows), one query per cell; num_queries must "
-                                  "be columns * rows (the release: 18 x 17 = 306)", items=int),
+                                  "be columns * rows (the release: 18 x 17 = 306)", items=int, bounds="[1, inf)"),
         "sdg": F(bool, True, "side-directed Gaussian bias in the decoder cross-attention"),
         "conv_init": F(bool, True, "first query content sampled at the grid points from three conv blocks over "
                                    "the encoder output (the release's newconvinit; false: zero)"),
-        "obj_weight": F(float, 1.0, "weight of the objectness loss (focal, target the IoU with the matched GT)"),
+        "obj_weight": F(float, 1.0, "weight of the objectness loss (focal, target the IoU with the matched GT)",
+                        bounds="[0, inf)"),
         "inner_weight": F(float, 2.0, "weight of loss_inner, the share of matched points outside their GT box: a "
-                                      "count without gradient, in the total as the release's"),
+                                      "count without gradient, in the total as the release's", bounds="[0, inf)"),
         "cost_inner": F(float, 9999.0, "matching cost of a query whose point is outside the GT box (the release's "
-                                       "hard constraint)"),
+                                       "hard constraint)", bounds="[0, inf)"),
     },
     "loss": {
         "type": F(str, "ice", "decoder classification loss: focal (sigmoid focal) or ice (IoU-aware BCE of the "
                               "release, which also weights one-to-many box losses by rank)",
                   choices=["focal", "ice"]),
-        "focal_alpha": F(float, 0.25, "focal loss alpha"),
-        "focal_gamma": F(float, 2.0, "focal loss gamma; also the exponent of the ice negative weight p^gamma"),
-        "ice_alpha": F(float, 0.25, "ice target t = p^ice_alpha * IoU^(1 - ice_alpha)"),
-        "rank_tau": F(float, 1.5, "ice: one-to-many positive of rank r (by t, within its GT) gets exp(-r / tau)"),
-        "class_weight": F(float, 1.0, "weight of the classification losses"),
-        "bbox_weight": F(float, 5.0, "weight of the L1 box losses"),
-        "giou_weight": F(float, 2.0, "weight of the GIoU losses"),
-        "enc_class_weight": F(float, 2.0, "weight of the encoder proposal classification loss (release: 2)"),
+        "focal_alpha": F(float, 0.25, "focal loss alpha", bounds="[0, 1]"),
+        "focal_gamma": F(float, 2.0, "focal loss gamma; also the exponent of the ice negative weight p^gamma",
+                         bounds="[0, inf)"),
+        "ice_alpha": F(float, 0.25, "ice target t = p^ice_alpha * IoU^(1 - ice_alpha)", bounds="[0, 1]"),
+        "rank_tau": F(float, 1.5, "ice: one-to-many positive of rank r (by t, within its GT) gets exp(-r / tau)",
+                      bounds="(0, inf)"),
+        "class_weight": F(float, 1.0, "weight of the classification losses", bounds="[0, inf)"),
+        "bbox_weight": F(float, 5.0, "weight of the L1 box losses", bounds="[0, inf)"),
+        "giou_weight": F(float, 2.0, "weight of the GIoU losses", bounds="[0, inf)"),
+        "enc_class_weight": F(float, 2.0, "weight of the encoder proposal classification loss (release: 2)",
+                              bounds="[0, inf)"),
     },
     "matcher": {
-        "cost_class": F(float, 2.0, "Hungarian cost of the focal class term"),
-        "cost_bbox": F(float, 5.0, "Hungarian cost of the L1 box term"),
-        "cost_giou": F(float, 2.0, "Hungarian cost of the GIoU term"),
+        "cost_class": F(float, 2.0, "Hungarian cost of the focal class term", bounds="[0, inf)"),
+        "cost_bbox": F(float, 5.0, "Hungarian cost of the L1 box term", bounds="[0, inf)"),
+        "cost_giou": F(float, 2.0, "Hungarian cost of the GIoU term", bounds="[0, inf)"),
     },
     "postprocess": {
-        "num_select": F(int, 300, "detections kept per image (top-k over queries x classes)"),
-        "nms_iou": F(float, None, "class-wise NMS IoU threshold (null: no NMS; the release evaluates with 0.8)"),
-        "pre_nms_topk": F(int, 10000, "with NMS: candidates (query, class) pairs considered before NMS"),
+        "num_select": F(int, 300, "detections kept per image (top-k over queries x classes)", bounds="[1, inf)"),
+        "nms_iou": F(float, None, "class-wise NMS IoU threshold (null: no NMS; the release evaluates with 0.8)",
+                     bounds="(0, 1]"),
+        "pre_nms_topk": F(int, 10000, "with NMS: candidates (query, class) pairs considered before NMS",
+                          bounds="[1, inf)"),
     },
 }
