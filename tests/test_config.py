@@ -104,8 +104,9 @@ def test_bounds_are_inclusive_or_open_as_written(tmp_path):
     ok = {"train": {"lr": 1e-9, "prob": 0, "steps": [0, 5]}}
     assert load_config(write(tmp_path / "ok.yml", ok), schema=SCHEMA).train.prob == 0
     assert load_config(write(tmp_path / "one.yml", {"train": {"prob": 1}}), schema=SCHEMA).train.prob == 1
-    with pytest.raises(ValueError, match="not an interval"):
-        F(float, 0.5, "x", bounds="<0, 1>")
+    for bad in ("<0, 1>", "[0 1]", ""):
+        with pytest.raises(ValueError, match="not an interval"):
+            F(float, 0.5, "x", bounds=bad)
 
 
 def test_error_in_base_names_the_base_file(tmp_path):

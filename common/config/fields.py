@@ -57,10 +57,10 @@ class Field:
 
 def _parse_bounds(text: str):
     """Parses an interval: "(0, 1]" -> (0.0, 1.0, True, False), i.e. low, high, low open, high open."""
-    low, high = text[1:-1].split(",")
-    if text[0] not in "([" or text[-1] not in ")]":
+    parts = text[1:-1].split(",")
+    if text[:1] not in ("(", "[") or text[-1:] not in (")", "]") or len(parts) != 2:
         raise ValueError(f"bounds {text!r}: not an interval like '[0, 1]' or '(0, inf)'")
-    return float(low), float(high), text[0] == "(", text[-1] == ")"
+    return float(parts[0]), float(parts[1]), text[0] == "(", text[-1] == ")"
 
 
 def _within(value: Any, bounds: str) -> bool:
