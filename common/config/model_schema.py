@@ -55,7 +55,9 @@ MODEL = {
                            "swin_base_window12", "swin_large", "swin_large_window12"]),
         "pretrained": F(str, None, "path to an ImageNet state dict: torchvision ResNet (.pth/.pt/.safetensors; fc.* "
                                    "is ignored) or Microsoft Swin (.pth, its `model` entry; head.*, norm.*, "
-                                   "*.attn_mask are ignored); Paddle also reads .pdparams; null: random init"),
+                                   "*.attn_mask are ignored); Paddle also reads .pdparams. A ResNet may also come "
+                                   "from a detector checkpoint (its backbone.body.* or backbone.0.body.*, e.g. "
+                                   "output/torch/demo/checkpoint_last.pth); null: random init"),
         "frozen_stages": F(int, 1, "stages not trained: -1 none, 0 the stem, 1 stem + layer1 (DETR), ... 4 all; "
                                    "use -1 when training from random init. Swin: 0 patch_embed, k: also layers.0 "
                                    "..layers.{k-1} (the official Swin code's k + 1); the release trains all (-1)",

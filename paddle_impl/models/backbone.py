@@ -7,9 +7,9 @@ branch then starts at 0).
 
 Parameter names inside `body` are torchvision's (conv1, bn1, layer1.0.conv1, ..., layer4.2.downsample.1) with
 Paddle's BatchNorm statistics names (`_mean` / `_variance`), so an ImageNet state dict from torchvision (.pth) or
-from paddle.vision (.pdparams, same names) loads by name (`load_pretrained`), and the official DAC-DETR
-checkpoint's `backbone.0.body.*` keys map to `backbone.body.*` by a prefix rule. There is no torchvision or
-paddle.vision dependency.
+from paddle.vision (.pdparams, same names) loads by name (`load_pretrained`), as does the ResNet inside a
+detector checkpoint (this project's `backbone.body.*`, the official release's `backbone.0.body.*`: one detector's
+backbone can start another). There is no torchvision or paddle.vision dependency.
 """
 import logging
 import pickle
@@ -20,7 +20,8 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from common.errors import UserError
-from convert.rules import TORCH_ONLY_SUFFIX, torch_name_to_paddle
+from common.resnet_weights import split_pretrained
+from convert.rules import torch_name_to_paddle
 
 from .layers import BatchNorm2D, Conv2D, GroupNorm
 
@@ -244,32 +245,13 @@ def read_weights(path):
 
 
 def load_pretrained(body, path):
-    """Loads a torchvision ResNet ImageNet state dict into `body` (a ResNet); returns the ignored keys.
-
-    Every key the body has must be in the file with the same shape; the classifier (fc.*), the stages the body
-    does not build (layer4.* with last_stage 3) and BatchNorm counters (*.num_batches_tracked) are ignored and
-    reported; any other extra key is an error. BatchNorm statistics may carry torch's names (running_mean /
-    running_var, renamed by convert/rules.py) or Paddle's.
+    """Loads a torchvision ResNet state dict, or the ResNet of a DETR-family detector checkpoint, into `body` (a
+    ResNet); returns the ignored keys. Which keys are used, ignored or wrong: common/resnet_weights.py. BatchNorm
+    statistics may carry torch's names (running_mean / running_var, renamed by convert/rules.py) or Paddle's.
     """
     state, _ = read_weights(path)  # no Linear in a ResNet: both layouts are the same but for BatchNorm names
-    unbuilt = ("fc.",) + tuple(f"layer{i}." for i in range(body.last_stage + 1, 5))
-    ignored = sorted(k for k in state if k.startswith(unbuilt) or k.endswith(TORCH_ONLY_SUFFIX))
-    used = {torch_name_to_paddle(k): v for k, v in state.items() if k not in ignored}
     own = body.state_dict()
-    missing = sorted(set(own) - set(used))
-    unexpected = sorted(set(used) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"model.backbone.pretrained: {path!r} does not fit this backbone: "
-                         f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)} keys), "
-                         f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} "
-                         f"({len(unexpected)} keys); is it a torchvision ResNet of the configured depth?")
-    bad = [k for k in own if tuple(own[k].shape) != tuple(np.shape(used[k]))]
-    if bad:
-        raise ValueError(f"model.backbone.pretrained: {path!r}: shape mismatch at {bad[0]}: file "
-                         f"{tuple(np.shape(used[bad[0]]))}, model {tuple(own[bad[0]].shape)}")
+    used, ignored, source = split_pretrained(state, own, path, body.last_stage, rename=torch_name_to_paddle)
     body.set_state_dict({k: paddle.to_tensor(np.asarray(used[k])).astype(own[k].dtype) for k in own})
-    counters = sum(k.endswith(TORCH_ONLY_SUFFIX) for k in ignored)
-    named = [k for k in ignored if not k.endswith(TORCH_ONLY_SUFFIX)]
-    logger.info("backbone: loaded %s (%d tensors); ignored %s%s", path, len(used), ", ".join(named) or "nothing",
-                f" and {counters} num_batches_tracked" if counters else "")
+    logger.info("backbone: loaded %s (%s)", path, source)
     return ignored

@@ -306,6 +306,26 @@ def test_load_pretrained_safetensors_and_wrapped_state_dict(tmp_path):
                                       sd["layer2.0.downsample.1.running_var"].numpy())
 
 
+def test_load_pretrained_from_a_detector_checkpoint(tmp_path):
+    """The ResNet inside a detector checkpoint starts a backbone that builds fewer stages: a Paddle checkpoint's
+    .pdparams (backbone.body.*, BatchNorm stats as _mean / _variance) and a torch one (the release's
+    backbone.0.body.*, running_mean / running_var); the detector's other keys are left out."""
+    paddle.seed(5)
+    body = {k: paddle.randn(v.shape) for k, v in ResNet("resnet18", norm="bn").state_dict().items()}
+    paddle.save({**{"backbone.body." + k: v for k, v in body.items()}, "transformer.level_embed": paddle.randn([3, 8])},
+                str(tmp_path / "det.pdparams"))
+    torch_names = {k.replace("_mean", "running_mean").replace("_variance", "running_var"): k for k in body}
+    torch.save({"model": {**{"backbone.0.body." + t: torch.from_numpy(body[k].numpy()) for t, k in torch_names.items()},
+                          "class_embed.0.weight": torch.randn(6, 8)}}, tmp_path / "det.pth")
+    for file in ("det.pdparams", "det.pth"):
+        target = ResNet("resnet18", norm="bn", last_stage=3)
+        ignored = load_pretrained(target, str(tmp_path / file))
+        names = body if file == "det.pdparams" else torch_names  # the file's own names
+        assert ignored == sorted(k for k in names if k.startswith("layer4."))
+        for k, v in target.state_dict().items():
+            np.testing.assert_array_equal(v.numpy(), body[k].numpy(), err_msg=f"{file}: {k}")
+
+
 def test_pretrained_pth_gives_torch_features(tmp_path):
     """The torch backbone's body saved as a torchvision .pth (with fc and counters) -> the same features."""
     torch.manual_seed(0)

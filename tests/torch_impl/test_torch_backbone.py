@@ -105,6 +105,23 @@ def test_load_pretrained_reports_ignored_keys(tmp_path):
         assert torch.equal(v, sd[k]), k
 
 
+def test_load_pretrained_from_a_detector_checkpoint(tmp_path):
+    """The ResNet inside a detector checkpoint (this project's backbone.body.*, the release's backbone.0.body.*)
+    starts a backbone that builds fewer stages; the detector's other keys are left out; another norm is refused."""
+    torch.manual_seed(2)
+    body = {k: torch.randn_like(v) for k, v in ResNet("resnet18", norm="gn").state_dict().items()}
+    others = {"transformer.level_embed": torch.randn(3, 8), "class_embed.0.weight": torch.randn(6, 8)}
+    for prefix in ("backbone.body.", "backbone.0.body."):
+        path = tmp_path / f"{prefix[:-1]}.pth"
+        torch.save({"model": {**{prefix + k: v for k, v in body.items()}, **others}, "epoch": 3}, path)
+        target = ResNet("resnet18", norm="gn", last_stage=3)
+        assert load_pretrained(target, str(path)) == sorted(k for k in body if k.startswith("layer4."))
+        for k, v in target.state_dict().items():
+            assert torch.equal(v, body[k]), k
+    with pytest.raises(ValueError, match="missing.*running_mean.*depth and norm"):
+        load_pretrained(ResNet("resnet18"), str(path))  # a GroupNorm backbone for a FrozenBatchNorm one
+
+
 def test_load_pretrained_errors_name_the_problem(tmp_path):
     sd = _torchvision_style_state_dict("resnet18")
     del sd["layer3.1.conv2.weight"]

@@ -5,14 +5,17 @@
 training from random init, as the CPU demo does; the last norm of each residual branch then starts at 0).
 
 Parameter names inside `body` are torchvision's (conv1, bn1, layer1.0.conv1, ..., layer4.2.downsample.1), so an
-ImageNet state dict from torchvision loads by name (`load_pretrained`), and the official DAC-DETR checkpoint's
-`backbone.0.body.*` keys map to `backbone.body.*` by a prefix rule. There is no torchvision dependency.
+ImageNet state dict from torchvision loads by name (`load_pretrained`), as does the ResNet inside a detector
+checkpoint (this project's `backbone.body.*`, the official release's `backbone.0.body.*`: one detector's backbone
+can start another). There is no torchvision dependency.
 """
 import logging
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from common.resnet_weights import split_pretrained
 
 logger = logging.getLogger("torch_impl")
 
@@ -226,31 +229,9 @@ def read_weights(path):
 
 
 def load_pretrained(body, path):
-    """Loads a torchvision ResNet ImageNet state dict into `body` (a ResNet); returns the ignored keys.
-
-    Every key the body has must be in the file with the same shape; the classifier (fc.*), the stages the body
-    does not build (layer4.* with last_stage 3) and BatchNorm counters (*.num_batches_tracked) are ignored and
-    reported; any other extra key is an error.
-    """
-    state = read_weights(path)
-    unbuilt = ("fc.",) + tuple(f"layer{i}." for i in range(body.last_stage + 1, 5))
-    ignored = sorted(k for k in state if k.startswith(unbuilt) or k.endswith("num_batches_tracked"))
-    used = {k: v for k, v in state.items() if k not in ignored}
-    own = body.state_dict()
-    missing = sorted(set(own) - set(used))
-    unexpected = sorted(set(used) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"model.backbone.pretrained: {path!r} does not fit this backbone: "
-                         f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)} keys), "
-                         f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} "
-                         f"({len(unexpected)} keys); is it a torchvision ResNet of the configured depth?")
-    bad = [k for k in own if tuple(own[k].shape) != tuple(used[k].shape)]
-    if bad:
-        raise ValueError(f"model.backbone.pretrained: {path!r}: shape mismatch at {bad[0]}: file "
-                         f"{tuple(used[bad[0]].shape)}, model {tuple(own[bad[0]].shape)}")
+    """Loads a torchvision ResNet state dict, or the ResNet of a DETR-family detector checkpoint, into `body` (a
+    ResNet); returns the ignored keys. Which keys are used, ignored or wrong: common/resnet_weights.py."""
+    used, ignored, source = split_pretrained(read_weights(path), body.state_dict(), path, body.last_stage)
     body.load_state_dict(used, strict=True)
-    counters = sum(k.endswith("num_batches_tracked") for k in ignored)
-    named = [k for k in ignored if not k.endswith("num_batches_tracked")]
-    logger.info("backbone: loaded %s (%d tensors); ignored %s%s", path, len(used), ", ".join(named) or "nothing",
-                f" and {counters} num_batches_tracked" if counters else "")
+    logger.info("backbone: loaded %s (%s)", path, source)
     return ignored
