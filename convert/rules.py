@@ -15,9 +15,10 @@ from typing import Dict, Iterable, Set
 
 import numpy as np
 
+from common.resnet_weights import COUNTER_SUFFIX as TORCH_ONLY_SUFFIX  # BatchNorm's step counter: torch only
+
 _BN = {"running_mean": "_mean", "running_var": "_variance"}
 _BN_BACK = {v: k for k, v in _BN.items()}
-TORCH_ONLY_SUFFIX = "num_batches_tracked"
 
 
 class ConversionError(ValueError):
